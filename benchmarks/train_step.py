@@ -1,0 +1,84 @@
+r"""Times one family's jitted train step and its input pipeline on this machine.
+
+  python benchmarks/train_step.py --config configs/dcgan.py [--config.batch_size=64] [--steps 10]
+
+Prints the compile time, the median step time over --steps steps after --warmup, steps/s and images/s, and the
+input pipeline's images/s at the same batch size. The state is donated as in training.
+"""
+
+import functools
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+
+from facegen_jax import families
+from facegen_jax import train
+from input_pipeline import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dcgan.py.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_INPUT_BATCHES = flags.DEFINE_integer("input_batches", 20, "Batches read to time the input pipeline.")
+flags.mark_flag_as_required("config")
+
+
+def _time_input(config) -> float:
+  iterator = pipeline.create_train_iterator(config.input, seed=config.seed, global_batch_size=config.batch_size)
+  next(iterator)  # Start-up (threads, first reads) is not throughput.
+  start = time.perf_counter()
+  for _ in range(_INPUT_BATCHES.value):
+    next(iterator)
+  return _INPUT_BATCHES.value * config.batch_size / (time.perf_counter() - start)
+
+
+def main(_):
+  config = _CONFIG.value
+  family = families.get_family(config.family)
+  train.validate_config(config)
+  family.validate(config)
+  mesh = train.create_mesh()
+  batch_sharding = NamedSharding(mesh, P("data"))
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  init_fn = functools.partial(family.init_state, config)
+  state_sharding = train._state_shardings(jax.eval_shape(init_fn, init_key), mesh)  # pylint: disable=protected-access
+  state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
+  iterator = pipeline.create_train_iterator(config.input, seed=config.seed, global_batch_size=config.batch_size)
+  batch = jax.tree.map(lambda x: jax.device_put(x, batch_sharding), next(iterator))
+  step_fn = jax.jit(train._guarded_step(family, config, train_key),  # pylint: disable=protected-access
+                    in_shardings=(state_sharding, batch_sharding), donate_argnums=0)
+
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(_WARMUP.value):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  input_rate = _time_input(config)
+  print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+        f"{jax.default_backend()} x{jax.device_count()}")
+  print(f"family {config.family}, batch {config.batch_size}, resolution {config.input.resolution}")
+  print(f"compile: {compile_s:.1f} s")
+  print(f"train step: median {median * 1000:.0f} ms over {len(times)} (min {min(times) * 1000:.0f}, "
+        f"max {max(times) * 1000:.0f}); {1 / median:.2f} steps/s; {config.batch_size / median:.1f} images/s")
+  print(f"input pipeline: {input_rate:.0f} images/s")
+
+
+if __name__ == "__main__":
+  app.run(main)

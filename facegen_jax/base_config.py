@@ -1,0 +1,26 @@
+"""The settings every family's config shares: the loop, checkpoints, logging and input.
+
+Config files in configs/ start from `base_config()` and add their model and optimizer settings.
+"""
+
+import ml_collections
+
+from input_pipeline import pipeline
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.family = ""
+  config.seed = 0
+  config.batch_size = 64             # Global batch, split over all devices of all processes.
+  config.num_train_steps = 1000
+  config.log_every_steps = 50        # Scalars to TensorBoard, progress and ETA to the log.
+  config.sample_every_steps = 500    # Image grids to TensorBoard and workdir/samples/.
+  config.num_sample_images = 64
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.async_checkpointing = True
+  # What a non-finite loss does: "error" stops with the step and metric named; "skip" drops that update.
+  config.nonfinite = "error"
+  config.input = pipeline.default_input_config()
+  return config

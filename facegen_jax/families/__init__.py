@@ -1,0 +1,25 @@
+"""The registry of model families: an explicit dict, one module per family.
+
+A family module provides:
+  validate(config)                          raise errors.ConfigError for values it cannot train with
+  init_state(config, rng) -> state          pure; a flax.struct dataclass with a `step` field
+  train_step(config, state, batch, rng)     pure; -> (state, metrics dict of scalars, "g/..", "d/..")
+  sample_inputs(config, rng, batch) -> dict fixed inputs for the sample grids, drawn once
+  sample(config, state, inputs) -> dict     name -> images in [-1, 1], (B, H, W, 3); shown side by side
+"""
+
+import types
+
+from facegen_jax import errors
+from facegen_jax.families import dcgan
+
+FAMILIES: dict[str, types.ModuleType] = {
+    "dcgan": dcgan,
+}
+
+
+def get_family(name: str) -> types.ModuleType:
+  if name not in FAMILIES:
+    raise errors.ConfigError(
+        f"unknown family {name!r}: set --config.family to one of {', '.join(sorted(FAMILIES))}")
+  return FAMILIES[name]

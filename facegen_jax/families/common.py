@@ -1,0 +1,39 @@
+"""What the GAN families share: the train state and small helpers for their steps."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class GANState:
+  """A generator/discriminator pair with their optimizers; `batch_stats` holds {"g": ..., "d": ...}."""
+  step: jax.Array
+  g_params: PyTree
+  d_params: PyTree
+  g_opt_state: optax.OptState
+  d_opt_state: optax.OptState
+  batch_stats: PyTree
+  ema_params: PyTree = None
+
+
+def step_rngs(rng: jax.Array, *names: str) -> dict[str, jax.Array]:
+  """Splits one step's key into named keys, so adding a name never changes the others' streams."""
+  return {name: jax.random.fold_in(rng, i) for i, name in enumerate(names)}
+
+
+def count_params(params: PyTree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def normal_init(stddev: float, mean: float = 0.0):
+  """PyTorch's `nn.init.normal_(w, mean, std)`, the init DCGAN-style models use."""
+  def init(key, shape, dtype=jnp.float32):
+    return mean + stddev * jax.random.normal(key, shape, dtype)
+  return init

@@ -1,0 +1,173 @@
+"""DCGAN (Radford et al. 2016) as SSuperGAN's `networks/dcgan.py` trains it on face crops.
+
+Generator: a 1x1 latent -> 4x4 by a 4x4 transposed conv, then stride-2 4x4 transposed convs (torch padding 1)
+halving the channels each time (ngf*8 ... ngf at 64 px) with BatchNorm + ReLU, and a last one to RGB + tanh.
+Discriminator: the mirror image, 4x4 stride-2 convs with BatchNorm (not after the first) + LeakyReLU(0.2), and a
+4x4 valid conv to one logit. No biases; weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02) as the original's
+`weights_init`. The loss is BCE: D on real (label 1) and a detached fake (label 0), then G against the updated D
+with the non-saturating loss, each D call on its own batch so BatchNorm sees real and fake separately, as the
+PyTorch loop does.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from facegen_jax import errors
+from facegen_jax import losses
+from facegen_jax import optim
+from facegen_jax.families import common
+from facegen_jax.nets import conv as conv_lib
+
+_BatchNorm = functools.partial(
+    nn.BatchNorm, momentum=0.9, epsilon=1e-5,  # torch's momentum 0.1 is flax's 0.9.
+    scale_init=common.normal_init(0.02, mean=1.0))
+_INIT = common.normal_init(0.02)
+_TORCH_PAD_0 = conv_lib.torch_transpose_padding(4, 0)
+_TORCH_PAD_1 = conv_lib.torch_transpose_padding(4, 1)
+
+
+def _num_resamples(image_size: int) -> int:
+  return int(math.log2(image_size)) - 2  # 4x4 <-> image_size by factors of 2.
+
+
+class Generator(nn.Module):
+  image_size: int = 64
+  ngf: int = 64
+  channels: int = 3
+
+  @nn.compact
+  def __call__(self, z, *, train: bool = True):
+    n = _num_resamples(self.image_size)
+    x = z.reshape(z.shape[0], 1, 1, -1)
+    x = conv_lib.ConvTranspose(self.ngf * 2 ** (n - 1), (4, 4), strides=(1, 1), padding=_TORCH_PAD_0,
+                               use_bias=False, kernel_init=_INIT)(x)
+    x = nn.relu(_BatchNorm(use_running_average=not train)(x))
+    for i in reversed(range(n - 1)):
+      x = conv_lib.ConvTranspose(self.ngf * 2 ** i, (4, 4), strides=(2, 2), padding=_TORCH_PAD_1,
+                                 use_bias=False, kernel_init=_INIT)(x)
+      x = nn.relu(_BatchNorm(use_running_average=not train)(x))
+    x = conv_lib.ConvTranspose(self.channels, (4, 4), strides=(2, 2), padding=_TORCH_PAD_1, use_bias=False,
+                               kernel_init=_INIT)(x)
+    return jnp.tanh(x)
+
+
+class Discriminator(nn.Module):
+  ndf: int = 64
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    n = _num_resamples(x.shape[1])
+    for i in range(n):
+      x = conv_lib.Conv(self.ndf * 2 ** i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
+                        kernel_init=_INIT)(x)
+      if i > 0:
+        x = _BatchNorm(use_running_average=not train)(x)
+      x = nn.leaky_relu(x, 0.2)
+    x = conv_lib.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT)(x)
+    return x.reshape(x.shape[0])  # Logits; the original's Sigmoid lives inside the BCE loss.
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  size = config.model.image_size
+  if size < 16 or size & (size - 1):
+    raise errors.ConfigError(
+        f"config.model.image_size must be a power of two >= 16 for DCGAN, got {size}: "
+        "set --config.model.image_size=64")
+  if config.input.resolution != size:
+    raise errors.ConfigError(
+        f"config.input.resolution ({config.input.resolution}) differs from config.model.image_size ({size}): "
+        "set both to the same value")
+
+
+def _models(config):
+  return (Generator(config.model.image_size, config.model.ngf, config.model.channels),
+          Discriminator(config.model.ndf))
+
+
+def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> common.GANState:
+  generator, discriminator = _models(config)
+  g_rng, d_rng = jax.random.split(rng)
+  size = config.model.image_size
+  g_vars = generator.init(g_rng, jnp.zeros((1, config.model.nz)))
+  d_vars = discriminator.init(d_rng, jnp.zeros((1, size, size, config.model.channels)))
+  g_tx = optim.create_optimizer(config.g_opt, config.num_train_steps, name="g_opt")
+  d_tx = optim.create_optimizer(config.d_opt, config.num_train_steps, name="d_opt")
+  return common.GANState(
+      step=jnp.zeros((), jnp.int32),
+      g_params=g_vars["params"], d_params=d_vars["params"],
+      g_opt_state=g_tx.init(g_vars["params"]), d_opt_state=d_tx.init(d_vars["params"]),
+      batch_stats={"g": g_vars["batch_stats"], "d": d_vars["batch_stats"]})
+
+
+def train_step(config: ml_collections.ConfigDict, state: common.GANState, batch: dict,
+               rng: jax.Array) -> tuple[common.GANState, dict]:
+  generator, discriminator = _models(config)
+  g_tx = optim.create_optimizer(config.g_opt, config.num_train_steps, name="g_opt")
+  d_tx = optim.create_optimizer(config.d_opt, config.num_train_steps, name="d_opt")
+  real = batch["image"]
+  z = jax.random.normal(common.step_rngs(rng, "z")["z"], (real.shape[0], config.model.nz))
+
+  def g_forward(g_params):
+    fake, upd = generator.apply({"params": g_params, "batch_stats": state.batch_stats["g"]}, z,
+                                mutable=["batch_stats"])
+    return fake, upd["batch_stats"]
+
+  # One G forward serves both updates, as in the PyTorch loop: D sees it detached, G's gradient is pulled back
+  # through it after the D update.
+  fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
+
+  def d_loss_fn(d_params):
+    d_stats = state.batch_stats["d"]
+    real_logits, upd = discriminator.apply({"params": d_params, "batch_stats": d_stats}, real,
+                                           mutable=["batch_stats"])
+    fake_logits, upd = discriminator.apply({"params": d_params, "batch_stats": upd["batch_stats"]}, fake,
+                                           mutable=["batch_stats"])
+    loss = losses.discriminator_loss(config.gan_loss, real_logits=real_logits, fake_logits=fake_logits)
+    return loss, (upd["batch_stats"], real_logits, fake_logits)
+
+  (d_loss, (d_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+      state.d_params)
+  d_step, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, d_step)
+
+  def g_adversarial_loss(fake):
+    logits, d_upd = discriminator.apply({"params": d_params, "batch_stats": d_stats}, fake,
+                                        mutable=["batch_stats"])
+    loss = losses.generator_loss(config.gan_loss, fake_logits=logits)
+    return loss, (d_upd["batch_stats"], logits)
+
+  (g_loss, (d_stats, g_logits)), fake_grad = jax.value_and_grad(g_adversarial_loss, has_aux=True)(fake)
+  (g_grads,) = g_vjp(fake_grad)
+  g_step, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_step)
+
+  new_state = state.replace(
+      step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
+      d_opt_state=d_opt_state, batch_stats={"g": g_stats, "d": d_stats})
+  metrics = {
+      "d/loss": d_loss, "g/loss": g_loss,
+      "d/real_prob": jax.nn.sigmoid(real_logits).mean(),
+      "d/fake_prob": jax.nn.sigmoid(fake_logits).mean(),
+      "g/fake_prob_after_d_step": jax.nn.sigmoid(g_logits).mean(),
+  }
+  return new_state, metrics
+
+
+def sample_inputs(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> dict:
+  """A fixed latent batch, drawn once, so the sample grids show the same z over training."""
+  del batch
+  return {"z": jax.random.normal(rng, (config.num_sample_images, config.model.nz))}
+
+
+def sample(config: ml_collections.ConfigDict, state: common.GANState, inputs: dict) -> dict:
+  """Generated images in [-1, 1]; BatchNorm uses the batch's statistics, as the original's samples do."""
+  generator, _ = _models(config)
+  fake, _ = generator.apply({"params": state.g_params, "batch_stats": state.batch_stats["g"]}, inputs["z"],
+                            mutable=["batch_stats"])
+  return {"generated": fake}

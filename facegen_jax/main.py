@@ -1,0 +1,61 @@
+r"""Trains a facegen_jax family.
+
+  python -m facegen_jax.main --config configs/dcgan.py:cpu --workdir runs/dcgan_cpu \
+      [--config.batch_size=64 ...]
+
+Run it again with the same --workdir to resume from the last checkpoint. On a multi-host TPU slice or a
+SLURM/GPU cluster start the same command on every host; `jax.distributed` finds its peers from the environment.
+"""
+
+import logging as std_logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from facegen_jax import errors
+from facegen_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file in configs/, e.g. configs/dcgan.py:cpu.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and samples go.")
+_MULTIPROCESS = flags.DEFINE_bool(
+    "multiprocess", None,
+    "Call jax.distributed.initialize() (auto-detected on Cloud TPU, SLURM and with JAX_COORDINATOR_ADDRESS).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _is_multiprocess_environment() -> bool:
+  return any(name in os.environ for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
+                                             "MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def _quiet_orbax(record) -> bool:
+  # Orbax logs every save's internals at INFO (dozens of lines per checkpoint); keep its warnings and errors.
+  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  multiprocess = _MULTIPROCESS.value
+  if multiprocess is None:
+    multiprocess = _is_multiprocess_environment()
+  if multiprocess:
+    jax.distributed.initialize()
+  logging.info("JAX %s, process %d of %d", jax.__version__, jax.process_index(), jax.process_count())
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except errors.UserError as e:
+    logging.error("%s", e)
+    print(f"facegen_jax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

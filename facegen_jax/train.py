@@ -1,0 +1,298 @@
+"""The one training loop every family uses.
+
+The state is built sharded (`jax.eval_shape` -> shardings from the mesh -> `jax.jit(init, out_shardings=...)`),
+the family's pure step is jitted with the state donated, each process feeds its own slice of the global batch,
+and one Orbax CheckpointManager saves the state together with the Grain iterator, so a restart (after a crash,
+SIGKILL or SIGTERM) continues with the same parameters and the same data order.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import signal
+import threading
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from etils import epath
+import flax.linen as nn
+import grain
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from facegen_jax import errors
+from facegen_jax import families
+from facegen_jax import images as images_lib
+from facegen_jax.families import common
+from input_pipeline import pipeline
+
+NONFINITE_MODES = ("error", "skip")
+
+
+class NonFiniteLossError(errors.UserError):
+  """A loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+  workdir: epath.Path
+
+  @property
+  def tensorboard(self) -> epath.Path:
+    return self.workdir / "tensorboard"
+
+  @property
+  def samples(self) -> epath.Path:
+    return self.workdir / "samples"
+
+  @property
+  def checkpoints(self) -> epath.Path:
+    return self.workdir / "checkpoints"
+
+
+def _absolute(path: epath.Path) -> epath.Path:
+  return path if "://" in str(path) else path.resolve()  # Orbax wants absolute local paths; gs:// already is.
+
+
+def create_mesh() -> Mesh:
+  """All devices of all processes on one "data" axis: parameters replicated, batches split."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the loop's own settings; the family and the input pipeline check theirs."""
+  devices = jax.device_count()
+  if config.batch_size <= 0 or config.batch_size % devices:
+    raise errors.ConfigError(
+        f"config.batch_size={config.batch_size} must be a positive multiple of the {devices} devices: "
+        f"set --config.batch_size to e.g. {devices * max(1, math.ceil(max(config.batch_size, 1) / devices))}")
+  for key in ("num_train_steps", "log_every_steps", "sample_every_steps", "checkpoint_every_steps",
+              "keep_checkpoints", "num_sample_images"):
+    if not isinstance(config[key], int) or config[key] <= 0:
+      raise errors.ConfigError(f"config.{key} must be a positive integer, got {config[key]!r}: "
+                               f"set --config.{key}")
+  if config.nonfinite not in NONFINITE_MODES:
+    raise errors.ConfigError(f"config.nonfinite={config.nonfinite!r}: set it to one of {NONFINITE_MODES}")
+
+
+def _state_shardings(abstract_state, mesh: Mesh):
+  # Leaves without partitioning metadata are replicated; a family can shard a large weight with
+  # nn.with_partitioning and it is honoured here.
+  specs = nn.get_partition_spec(abstract_state)
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
+
+
+def _guarded_step(family, config, train_key):
+  """The family's step with the per-step key folded in and, when configured, non-finite updates dropped."""
+  def step(state, batch):
+    rng = jax.random.fold_in(train_key, state.step)
+    new_state, metrics = family.train_step(config, state, batch, rng)
+    if config.nonfinite == "skip":
+      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      new_state = new_state.replace(step=state.step + 1)
+      metrics = dict(metrics, **{"train/skipped_update": 1.0 - finite.astype(jnp.float32)})
+    return new_state, metrics
+  return step
+
+
+class _FrozenIteratorState:
+  """The iterator's position at save() time, so an asynchronous save cannot see a later position."""
+
+  def __init__(self, iterator):
+    self._state = json.dumps(iterator.get_state()).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+def _checkpoint_args(state, iterator) -> ocp.args.Composite:
+  return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                            data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(iterator)))
+
+
+class _PreemptionWatcher:
+  """SIGTERM (a preempted VM, `kill`, SLURM's time limit) asks the loop to save and stop at a step boundary."""
+
+  def __init__(self):
+    self._requested = threading.Event()
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._requested.set())
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      # Every process must stop at the same step; JAX's coordination service agrees on it.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step) or self._requested.is_set()
+    return self._requested.is_set()
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _host_batch_to_global(batch: dict, sharding: NamedSharding) -> dict:
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def _sample_inputs(family, config, mesh):
+  """Fixed sample inputs, the same on every process and after every restart: the first batch of a fresh,
+  unsharded iterator and a key derived from the seed."""
+  input_config = ml_collections.ConfigDict(config.input.to_dict())
+  input_config.worker_count = 0
+  iterator = pipeline.create_train_iterator(input_config, seed=config.seed + 1,
+                                            global_batch_size=config.num_sample_images)
+  batch = next(iterator)
+  inputs = family.sample_inputs(config, jax.random.key(config.seed + 2), batch)
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.device_put(np.asarray(x), replicated), inputs)
+
+
+class _MetricAverager:
+  """Means of the fetched per-step scalars between two logging steps, checking each for NaN/inf."""
+
+  def __init__(self, nonfinite: str):
+    self._nonfinite = nonfinite
+    self._sums: dict[str, float] = {}
+    self._count = 0
+
+  def add(self, step: int, metrics: dict[str, Any], last_checkpoint: int | None) -> None:
+    metrics = jax.device_get(metrics)
+    if self._nonfinite == "error":
+      for name, value in sorted(metrics.items()):
+        if not np.all(np.isfinite(value)):
+          where = f"step {last_checkpoint}" if last_checkpoint is not None else "no checkpoint yet"
+          raise NonFiniteLossError(
+              f"{name} is {float(value)} at step {step}: lower the learning rates or check the data, or set "
+              f"--config.nonfinite=skip to drop such updates (last checkpoint: {where})")
+    for name, value in metrics.items():
+      self._sums[name] = self._sums.get(name, 0.0) + float(value)
+    self._count += 1
+
+  def pop(self) -> dict[str, float]:
+    means = {name: total / self._count for name, total in self._sums.items()} if self._count else {}
+    self._sums, self._count = {}, 0
+    return means
+
+
+def _write_samples(writer, paths: RunPaths, step: int, sample_fn, state, sample_inputs) -> None:
+  outputs = jax.device_get(sample_fn(state, sample_inputs))
+  grid = images_lib.make_grid(np.concatenate([np.asarray(x) for x in outputs.values()], axis=2))
+  writer.write_images(step, {"samples": grid[None]})
+  if jax.process_index() == 0:
+    paths.samples.mkdir(parents=True, exist_ok=True)
+    images_lib.save_png(grid, paths.samples / f"step_{step:08d}.png")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains `config.family` to `config.num_train_steps`, resuming from the last checkpoint in `workdir`.
+
+  Returns the final train state (used by tests).
+  """
+  family = families.get_family(config.family)
+  validate_config(config)
+  family.validate(config)
+  paths = RunPaths(epath.Path(workdir))
+  mesh = create_mesh()
+  logging.info("Devices: %d (%s) in %d process(es); mesh %s", jax.device_count(), jax.default_backend(),
+               jax.process_count(), dict(mesh.shape))
+  logging.info("Data: %s", pipeline.describe(config.input))
+
+  train_iter = pipeline.create_train_iterator(
+      config.input, seed=config.seed, global_batch_size=config.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  init_fn = functools.partial(family.init_state, config)
+  abstract_state = jax.eval_shape(init_fn, init_key)
+  state_sharding = _state_shardings(abstract_state, mesh)
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  manager = ocp.CheckpointManager(
+      _absolute(paths.checkpoints),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                           enable_async_checkpointing=config.async_checkpointing))
+  latest = manager.latest_step()
+  if latest is None:
+    state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
+    logging.info("Initialised %s from scratch.", config.family)
+  else:
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_state, state_sharding)
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(train_iter)))
+    state = restored.state
+    logging.info("Resumed from the checkpoint at step %d in %s", latest, paths.checkpoints)
+  for name in ("g_params", "d_params"):
+    if hasattr(state, name):
+      logging.info("%s: %s parameters", name, f"{common.count_params(getattr(state, name)):,}")
+
+  step_fn = jax.jit(_guarded_step(family, config, train_key),
+                    in_shardings=(state_sharding, batch_sharding),
+                    out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=0)
+  sample_fn = jax.jit(functools.partial(family.sample, config), out_shardings=NamedSharding(mesh, P()))
+  sample_inputs = _sample_inputs(family, config, mesh)
+
+  writer = metric_writers.create_default_writer(
+      str(paths.tensorboard), just_logging=jax.process_index() > 0, asynchronous=True)
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps)
+  _log_locations(paths, "Writing")
+  watcher = _PreemptionWatcher()
+  averager = _MetricAverager(config.nonfinite)
+  first_step = int(jax.device_get(state.step))
+  last_checkpoint = latest
+  pending = None  # (step, metrics) of the previous step, read only after the next step is dispatched.
+  log_start = (first_step, time.perf_counter())
+  try:
+    for step in range(first_step + 1, config.num_train_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = _host_batch_to_global(next(train_iter), batch_sharding)
+        state, metrics = step_fn(state, batch)
+      if pending is not None:
+        averager.add(*pending, last_checkpoint)
+      pending = (step, metrics)
+      report_progress(step)
+      is_last = step == config.num_train_steps
+      if step % config.log_every_steps == 0 or is_last:
+        averager.add(*pending, last_checkpoint)
+        pending = None
+        scalars = averager.pop()
+        elapsed = time.perf_counter() - log_start[1]
+        scalars["perf/images_per_sec"] = (step - log_start[0]) * config.batch_size / max(elapsed, 1e-9)
+        log_start = (step, time.perf_counter())
+        writer.write_scalars(step, scalars)
+      if step % config.sample_every_steps == 0 or is_last:
+        _write_samples(writer, paths, step, sample_fn, state, sample_inputs)
+      preempted = watcher.should_stop(step)
+      if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+        manager.save(step, args=_checkpoint_args(state, train_iter), force=True)
+        last_checkpoint = step
+      if preempted:
+        logging.warning("SIGTERM: saved a checkpoint at step %d; exiting so the job can be restarted.", step)
+        break
+  finally:
+    watcher.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    writer.close()
+  _log_locations(paths, "Wrote")
+  return state
+
+
+def _log_locations(paths: RunPaths, verb: str) -> None:
+  if jax.process_index() == 0:
+    message = (f"{verb}: TensorBoard logs {paths.tensorboard} (tensorboard --logdir {paths.tensorboard}), "
+               f"sample grids {paths.samples}, checkpoints {paths.checkpoints}")
+    logging.info(message)
+    print(message, flush=True)

@@ -1,0 +1,45 @@
+"""Shared test set-up: CPU only, the repo root importable, helpers to build tiny configs and run main."""
+
+import importlib
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Many tests compile the same tiny steps, in this process and in subprocesses: share the compiled programs.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "facegen_jax_test_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(family: str, /, **overrides):
+  """configs/<family>.py:tiny with dotted overrides, e.g. tiny_config("dcgan", **{"g_opt.lr": 1e-3})."""
+  config = importlib.import_module(f"configs.{family}").get_config("tiny")
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def run_main(*args, env=None, timeout=600, check=True):
+  """Runs `python -m facegen_jax.main ARGS` from the repo root; returns the CompletedProcess."""
+  full_env = dict(os.environ, **(env or {}))
+  result = subprocess.run([sys.executable, "-m", "facegen_jax.main", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+  if check and result.returncode != 0:
+    raise AssertionError(f"main exited {result.returncode}:\n{result.stderr[-4000:]}")
+  return result
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  return tmp_path / "run"

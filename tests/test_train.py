@@ -1,0 +1,211 @@
+"""The training loop: outputs on disk, resume equality, sharding equality, preemption, non-finite losses."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from facegen_jax import errors
+from facegen_jax import families
+from facegen_jax import train
+from facegen_jax.families import dcgan
+from tests.conftest import REPO, run_main, tiny_config
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+
+
+def _assert_trees_equal(a, b, **tolerance):
+  for x, y in zip(_leaves(a), _leaves(b), strict=True):
+    if tolerance:
+      np.testing.assert_allclose(x, y, **tolerance)
+    else:
+      np.testing.assert_array_equal(x, y)
+
+
+def _event_tags(logdir: pathlib.Path) -> set[str]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tags = set()
+  for path in logdir.rglob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+def test_run_writes_tensorboard_samples_and_checkpoints(workdir):
+  config = tiny_config("dcgan")
+  state = train.train_and_evaluate(config, str(workdir))
+  assert int(state.step) == config.num_train_steps
+  tags = _event_tags(workdir / "tensorboard")
+  assert {"d/loss", "g/loss", "samples", "perf/images_per_sec"} <= tags, tags
+  assert sorted(p.name for p in (workdir / "samples").glob("*.png")) == ["step_00000004.png"]
+  steps = ocp.CheckpointManager((workdir / "checkpoints").resolve()).all_steps()
+  assert sorted(steps) == [2, 4]
+
+
+class _Crash(Exception):
+  pass
+
+
+_TO_GLOBAL = train._host_batch_to_global
+
+
+def _recording_batches(monkeypatch, record, crash_at=None):
+  original = _TO_GLOBAL
+
+  def wrapped(batch, sharding):
+    if crash_at is not None and len(record) + 1 == crash_at:
+      raise _Crash()
+    record.append(np.asarray(batch["image"]).tobytes().__hash__())
+    return original(batch, sharding)
+  monkeypatch.setattr(train, "_host_batch_to_global", wrapped)
+
+
+def test_crash_and_resume_is_bit_identical(tmp_path, monkeypatch):
+  config = tiny_config("dcgan", num_train_steps=6)
+  uninterrupted_batches, resumed_batches = [], []
+  _recording_batches(monkeypatch, uninterrupted_batches)
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
+
+  _recording_batches(monkeypatch, resumed_batches, crash_at=5)
+  with pytest.raises(_Crash):
+    train.train_and_evaluate(config, str(tmp_path / "b"))  # Checkpoints at 2 and 4, dies fetching step 5.
+  assert resumed_batches == uninterrupted_batches[:4]
+  after_crash = []
+  _recording_batches(monkeypatch, after_crash)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert after_crash == uninterrupted_batches[4:]  # Same data order after the restart.
+  _assert_trees_equal(uninterrupted, resumed)
+
+
+def _final_params(workdir: pathlib.Path):
+  manager = ocp.CheckpointManager(workdir.resolve() / "checkpoints")
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return manager.latest_step(), restored.state
+
+
+_TINY = ["--config", "configs/dcgan.py:tiny"]
+
+
+def test_sigkill_and_restart_gives_the_uninterrupted_result(tmp_path):
+  flags = [*_TINY, "--config.num_train_steps=150", "--config.checkpoint_every_steps=5",
+           "--config.sample_every_steps=1000", "--config.log_every_steps=50"]
+  run_main(*flags, "--workdir", str(tmp_path / "a"))
+
+  workdir = tmp_path / "b"
+  process = subprocess.Popen([sys.executable, "-m", "facegen_jax.main", *flags, "--workdir", str(workdir)],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not list((workdir / "checkpoints").glob("1[0-9]")) and time.time() < deadline:
+    assert process.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  killed_at, _ = _final_params(workdir)
+  assert killed_at < 150
+  run_main(*flags, "--workdir", str(workdir))
+  step_a, state_a = _final_params(tmp_path / "a")
+  step_b, state_b = _final_params(workdir)
+  assert step_a == step_b == 150
+  _assert_trees_equal(state_a, state_b)
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+  flags = [*_TINY, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=50000",
+           "--config.log_every_steps=10", "--workdir", str(tmp_path)]
+  process = subprocess.Popen([sys.executable, "-m", "facegen_jax.main", *flags], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if "steps/s" in line or time.time() > deadline:  # The first progress report: training is under way.
+      break
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, "".join(lines) + output
+  step, _ = _final_params(tmp_path)
+  assert 0 < step < 100000
+
+
+_DUMP = """
+import sys, numpy as np, jax
+from tests.conftest import tiny_config
+from facegen_jax import train
+config = tiny_config("dcgan", batch_size=8, num_train_steps=3)
+state = train.train_and_evaluate(config, sys.argv[1])
+assert jax.device_count() == int(sys.argv[3]), jax.devices()
+np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))])
+"""
+
+
+def test_eight_devices_match_one(tmp_path):
+  dumps = {}
+  for devices in (1, 8):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    out = tmp_path / f"{devices}.npz"
+    subprocess.run([sys.executable, "-c", _DUMP, str(tmp_path / f"run{devices}"), str(out), str(devices)],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    dumps[devices] = np.load(out)
+  assert len(dumps[1].files) == len(dumps[8].files)
+  for name in dumps[1].files:
+    np.testing.assert_allclose(dumps[1][name], dumps[8][name], rtol=1e-4, atol=1e-5)
+
+
+def _nan_at_step_3(config, state, batch, rng):
+  state, metrics = dcgan.train_step(config, state, batch, rng)
+  poison = jax.numpy.where(state.step == 3, jax.numpy.nan, 0.0)
+  return state, dict(metrics, **{"g/loss": metrics["g/loss"] + poison})
+
+
+@pytest.fixture
+def nan_family(monkeypatch):
+  module = type(dcgan)("nan_dcgan")
+  for name in ("validate", "init_state", "sample_inputs", "sample"):
+    setattr(module, name, getattr(dcgan, name))
+  module.train_step = _nan_at_step_3
+  monkeypatch.setitem(families.FAMILIES, "nan_dcgan", module)
+
+
+def test_nonfinite_loss_stops_naming_step_and_metric(workdir, nan_family):
+  config = tiny_config("dcgan", family="nan_dcgan", num_train_steps=4)
+  with pytest.raises(train.NonFiniteLossError, match=r"g/loss is nan at step 3: .*--config.nonfinite=skip"):
+    train.train_and_evaluate(config, str(workdir))
+
+
+def test_nonfinite_skip_keeps_the_previous_state(tmp_path, nan_family):
+  config = tiny_config("dcgan", family="nan_dcgan", nonfinite="skip", num_train_steps=3)
+  skipped = train.train_and_evaluate(config, str(tmp_path / "skip"))
+  reference = train.train_and_evaluate(tiny_config("dcgan", num_train_steps=2), str(tmp_path / "two"))
+  assert int(skipped.step) == 3
+  _assert_trees_equal(skipped.g_params, reference.g_params)
+  _assert_trees_equal(skipped.d_params, reference.d_params)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"family": "stylegan9"}, "unknown family 'stylegan9': set --config.family to one of dcgan"),
+    ({"batch_size": 0}, "config.batch_size=0 must be a positive multiple"),
+    ({"num_train_steps": -5}, "config.num_train_steps must be a positive integer"),
+    ({"nonfinite": "ignore"}, "config.nonfinite='ignore'"),
+    ({"g_opt.lr": -1.0}, "config.g_opt.lr must be > 0"),
+    ({"gan_loss": "wgan"}, "set --config.gan_loss to one of"),
+])
+def test_bad_config_values_are_user_errors(workdir, overrides, message):
+  with pytest.raises(errors.UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
+    train.train_and_evaluate(tiny_config("dcgan", **overrides), str(workdir))
+
+
+def test_main_prints_one_line_error_and_exits_2(workdir):
+  result = run_main(*_TINY, "--config.family=nope", "--workdir", str(workdir), check=False)
+  assert result.returncode == 2
+  error_lines = [l for l in result.stderr.splitlines() if l.startswith("facegen_jax: error:")]
+  assert error_lines == ["facegen_jax: error: unknown family 'nope': set --config.family to one of dcgan"]
+  assert "Traceback" not in result.stderr
