@@ -1,0 +1,100 @@
+"""Spectral normalisation as `torch.nn.utils.spectral_norm` computes it, for 2-D convolutions.
+
+The kernel is divided by sigma, an estimate of the largest singular value of the convolution's weight read as
+torch reads it: the OIHW weight reshaped to an (out, in*kh*kw) matrix W. Torch keeps two unit vectors, `weight_u`
+(out,) and `weight_v` (in*kh*kw,), as buffers. A forward in training mode runs one power iteration,
+
+  v <- normalize(W^T u),  u <- normalize(W v),   normalize(x) = x / max(|x|, eps), eps = 1e-12,
+
+stores the new u and v, and uses sigma = u . (W v) with u and v held constant for the gradient. A forward in eval
+mode iterates nothing: sigma = u . (W v) from the stored vectors and the current W.
+
+Why our own module and not `flax.linen.SpectralNorm`: flax's runs the power iteration in eval mode too, keeps no
+v, stores the sigma of the last training step instead of recomputing it from the current kernel, and reads an
+HWIO kernel as a (kh*kw*in, out) matrix, so neither its outputs in eval mode nor its stored vectors match torch's.
+
+`SNConv` keeps its kernel in flax's HWIO layout (so its parameters are a `Conv`'s: `kernel`, `bias`) and its
+vectors `u` and `v` in the collection `SPECTRAL_STATS`, in torch's order, so a torch checkpoint's `weight_orig`
+(transposed OIHW -> HWIO), `weight_u` and `weight_v` map one to one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen.linear import canonicalize_padding
+
+from facegen_jax.nets import conv as conv_lib
+
+# The non-parameter collection holding the power iteration's vectors; mutable in training steps.
+SPECTRAL_STATS = "spectral_stats"
+TORCH_EPS = 1e-12
+
+
+def torch_weight_matrix(kernel_hwio: jax.Array) -> jax.Array:
+  """The (out, in*kh*kw) matrix torch's spectral norm reads from the same convolution's OIHW weight."""
+  return kernel_hwio.transpose(3, 2, 0, 1).reshape(kernel_hwio.shape[3], -1)
+
+
+def normalize(x: jax.Array, eps: float = TORCH_EPS) -> jax.Array:
+  """torch.nn.functional.normalize for a vector: x / max(|x|, eps)."""
+  return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+def power_iteration(matrix: jax.Array, u: jax.Array, *, num_iterations: int = 1,
+                    eps: float = TORCH_EPS) -> tuple[jax.Array, jax.Array]:
+  """Torch's update of (u, v) for `matrix` (out, in); both results are constants for the gradient."""
+  matrix = jax.lax.stop_gradient(matrix)
+  v = None
+  for _ in range(num_iterations):
+    v = normalize(matrix.T @ u, eps)
+    u = normalize(matrix @ v, eps)
+  return u, v
+
+
+def sigma(matrix: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
+  """u . (W v): the gradient flows through W only, as in torch (where u and v are detached clones)."""
+  return jnp.dot(jax.lax.stop_gradient(u), matrix @ jax.lax.stop_gradient(v))
+
+
+class SNConv(nn.Module):
+  """A 2-D NHWC convolution (`facegen_jax.nets.conv.conv`) whose kernel is divided by its spectral norm.
+
+  Call with `update_stats=True` in training (one power iteration, `SPECTRAL_STATS` must be mutable) and
+  `update_stats=False` in eval. `init` leaves u and v at their random unit starting values, as torch's
+  `spectral_norm(module)` does before the first forward.
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] | None = None
+  padding: Any = "SAME"
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  num_power_iterations: int = 1
+  eps: float = TORCH_EPS
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, update_stats: bool) -> jax.Array:
+    kernel_size = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+    kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features))
+    matrix = torch_weight_matrix(kernel)
+    u = self._unit_vector("u", matrix.shape[0])
+    v = self._unit_vector("v", matrix.shape[1])
+    if update_stats and not self.is_initializing():
+      u.value, v.value = power_iteration(matrix, u.value, num_iterations=self.num_power_iterations,
+                                         eps=self.eps)
+    kernel = kernel / sigma(matrix, u.value, v.value)
+    y = conv_lib.conv(x, kernel, self.strides, canonicalize_padding(self.padding, 2))
+    if self.use_bias:
+      y += self.param("bias", self.bias_init, (self.features,))
+    return y
+
+  def _unit_vector(self, name: str, size: int):
+    # The rng is drawn only when the variable is created, i.e. during `init`.
+    return self.variable(SPECTRAL_STATS, name,
+                         lambda: normalize(jax.random.normal(self.make_rng("params"), (size,)), self.eps))
