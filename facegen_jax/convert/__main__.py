@@ -1,0 +1,37 @@
+"""`python -m facegen_jax.convert SUBCOMMAND ...`: PyTorch checkpoints -> files facegen_jax loads, without torch.
+
+  python -m facegen_jax.convert vgg19 --from vgg19-dcbb9e9d.pth --out vgg19.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from facegen_jax import errors
+from facegen_jax.convert import vgg19
+
+# Subcommand -> module with `add_arguments(parser)` and `run(args)`; a new converter is an import and an entry.
+SUBCOMMANDS = {
+  "vgg19": vgg19,
+}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m facegen_jax.convert", description="Converts PyTorch checkpoints to files facegen_jax loads.")
+  commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+  for name, module in SUBCOMMANDS.items():
+    summary = module.__doc__.splitlines()[0]
+    module.add_arguments(commands.add_parser(name, help=summary, description=summary))
+  args = parser.parse_args(argv)
+  try:
+    SUBCOMMANDS[args.command].run(args)
+  except errors.UserError as e:
+    print(f"facegen_jax.convert: error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
