@@ -45,8 +45,7 @@ IMPLS = ("auto", "xla", "phase")
 # reductions (without it reductions fall back to a 40x slower loop) and gives convolutions back to Eigen.
 # DCGAN-64 step at batch 64 on 2 cores: 1.1-1.2 s with the defaults, 0.83-0.89 s with these options.
 CPU_COMPILER_OPTIONS = {
-  "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-}
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -120,9 +119,12 @@ def _phase_plan(z_len: int, k: int, s: int, pad_lo: int):
 
 def _stack_phase_taps(kt, axis: int, plans, window: int):
   """(.., k, ..) -> (.., s, window, ..): each phase's taps along `axis`, zero-filled to `window` taps."""
-  parts = []
+  s, parts = len(plans), []
   for _, _, first, taps in plans:
-    part = lax.slice_in_dim(kt, first, first + (taps - 1) * len(plans) + 1 if taps else first, len(plans), axis)
+    if taps:
+      part = lax.slice_in_dim(kt, first, first + (taps - 1) * s + 1, s, axis)
+    else:  # k < s: this phase gets no taps at all.
+      part = lax.slice_in_dim(kt, 0, 0, 1, axis)
     pad = [(0, 0, 0)] * kt.ndim
     pad[axis] = (0, window - taps, 0)
     parts.append(lax.pad(part, jnp.zeros((), kt.dtype), pad))
@@ -232,13 +234,13 @@ def _transpose_pads(padding, kernel_hw, strides) -> Pads:
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def conv_transpose(x, kernel, strides, padding, *, precision=None, impl: str = "auto"):
+def conv_transpose(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str = "auto"):
   """`lax.conv_transpose(x, kernel, strides, padding)` for NHWC x and HWIO kernel, fast on XLA:CPU.
 
   Args:
     x: (N, H, W, C_in).
     kernel: (kh, kw, C_in, C_out), not flipped (lax's and flax's `transpose_kernel=False` convention).
-    strides: 2 ints.
+    strides: an int or 2 ints (None: 1).
     padding: 'SAME', 'VALID' or 2 (low, high) pairs of padding of the stride-dilated input (lax's meaning;
       see `torch_transpose_padding`).
     precision: as for `lax.conv_general_dilated`.
@@ -246,24 +248,20 @@ def conv_transpose(x, kernel, strides, padding, *, precision=None, impl: str = "
   """
   strides = _pair(strides)
   if not _use_fast_path(impl):
-    return lax.conv_transpose(
-      x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS, precision=precision
-    )
+    return lax.conv_transpose(x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
   kh, kw = kernel.shape[:2]
   pads = _transpose_pads(padding, (kh, kw), strides)
   # The same map as the transpose of a strided convolution with the flipped, in/out-swapped kernel and
   # padding k - 1 - p; its output (our input x) has the size of x for an output of size z_hw.
   down_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
-  z_hw = tuple(
-    (size - 1) * s + 1 + lo + hi - k + 1
-    for size, s, (lo, hi), k in zip(x.shape[1:3], strides, pads, (kh, kw))
-  )
+  z_hw = tuple((size - 1) * s + 1 + lo + hi - k + 1
+               for size, s, (lo, hi), k in zip(x.shape[1:3], strides, pads, (kh, kw)))
   if min(z_hw) <= 0:
     raise ValueError(f"conv_transpose output would be empty: input {x.shape}, kernel {kernel.shape}, {pads}")
   return _conv_transpose_phase(x, kernel, strides, down_pads, z_hw, _hashable(precision))
 
 
-def conv(x, kernel, strides, padding, *, precision=None, impl: str = "auto"):
+def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str = "auto"):
   """`lax.conv_general_dilated(x, kernel, strides, padding)` for NHWC x and HWIO kernel, fast on XLA:CPU."""
   strides = _pair(strides)
   if isinstance(padding, str):
@@ -281,10 +279,20 @@ def _hashable(precision):
 # --- modules ---
 
 
-def _flatten_batch(inputs):
-  """Flax's convention: any number of leading batch axes (including none) around an NHWC convolution."""
-  batch_shape = inputs.shape[:-3]
-  return inputs.reshape((-1,) + inputs.shape[-3:]), batch_shape
+def _apply_layer(module, inputs, op):
+  """Flax's layer body around `op(inputs, kernel)`: parameters, dtype promotion, bias, extra batch axes."""
+  batch_shape = inputs.shape[:-3]  # Any number of leading batch axes, including none, as flax allows.
+  inputs = inputs.reshape((-1,) + inputs.shape[-3:])
+  kernel_shape = _pair(module.kernel_size) + (inputs.shape[-1], module.features)
+  kernel = module.param("kernel", module.kernel_init, kernel_shape, module.param_dtype)
+  bias = None
+  if module.use_bias:
+    bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+  inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+  y = op(inputs, kernel)
+  if bias is not None:
+    y += bias.reshape((1, 1, 1, -1))
+  return y.reshape(batch_shape + y.shape[1:])
 
 
 class ConvTranspose(nn.Module):
@@ -313,19 +321,11 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, inputs):
-    kernel_size = _pair(self.kernel_size)
-    strides = _pair(self.strides)
     padding = canonicalize_padding(self.padding, 2)
-    inputs, batch_shape = _flatten_batch(inputs)
-    kernel = self.param(
-      "kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features), self.param_dtype
-    )
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-    inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    y = conv_transpose(inputs, kernel, strides, padding, precision=self.precision, impl=self.impl)
-    if bias is not None:
-      y += bias.reshape((1, 1, 1, -1))
-    return y.reshape(batch_shape + y.shape[1:])
+    if padding == "CIRCULAR":
+      raise ValueError("padding 'CIRCULAR' is not supported; use flax.linen.ConvTranspose")
+    return _apply_layer(self, inputs, functools.partial(
+        conv_transpose, strides=self.strides, padding=padding, precision=self.precision, impl=self.impl))
 
 
 class Conv(nn.Module):
@@ -349,18 +349,8 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, inputs):
-    kernel_size = _pair(self.kernel_size)
-    strides = _pair(self.strides)
     padding = canonicalize_padding(self.padding, 2)
     if padding in ("CIRCULAR", "REFLECT", "CAUSAL"):
       raise ValueError(f"padding {padding!r} is not supported; use flax.linen.Conv")
-    inputs, batch_shape = _flatten_batch(inputs)
-    kernel = self.param(
-      "kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features), self.param_dtype
-    )
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-    inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    y = conv(inputs, kernel, strides, padding, precision=self.precision, impl=self.impl)
-    if bias is not None:
-      y += bias.reshape((1, 1, 1, -1))
-    return y.reshape(batch_shape + y.shape[1:])
+    return _apply_layer(self, inputs, functools.partial(
+        conv, strides=self.strides, padding=padding, precision=self.precision, impl=self.impl))
