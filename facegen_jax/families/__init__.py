@@ -12,9 +12,11 @@ import types
 
 from facegen_jax import errors
 from facegen_jax.families import dcgan
+from facegen_jax.families import spade
 
 FAMILIES: dict[str, types.ModuleType] = {
     "dcgan": dcgan,
+    "spade": spade,
 }
 
 

@@ -1,0 +1,260 @@
+"""SPADE family: steps, parameter counts, loss weights, config errors, samples, a short training, the loop.
+
+Compiling SPADE's init and step takes tens of seconds on a loaded CPU, so the tests share one config and build
+their programs exactly as `train.train_and_evaluate` does: the persistent compilation cache (conftest.py) then
+compiles each program once for the loop run and the tests together.
+"""
+
+import functools
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import spade as spade_config
+from facegen_jax import errors
+from facegen_jax import images as images_lib
+from facegen_jax import optim
+from facegen_jax import train
+from facegen_jax.families import common
+from facegen_jax.families import spade
+from input_pipeline import pipeline
+from tests.conftest import tiny_config
+
+# The tiny preset learning four faces: a wider D and 10x the original's learning rates, so colours move within
+# a few dozen steps (at the original's rates the generator's 0.02-gain init barely moves in 100 steps).
+_STEPS = 40
+_OVERRIDES = {"num_train_steps": _STEPS, "checkpoint_every_steps": 20, "log_every_steps": 20,
+              "sample_every_steps": _STEPS, "input.synthetic.num_examples": 4, "model.ndf": 16,
+              "g_opt.lr": 1e-3, "d_opt.lr": 4e-3}
+_METRICS = {"g/gan", "g/feat", "g/loss", "d/fake", "d/real", "d/loss"}
+
+
+def _config(**overrides):
+  return tiny_config("spade", **{**_OVERRIDES, **overrides})
+
+
+def _class_colour_error(label, fake, real, num_classes=19) -> float:
+  """Mean over images and the classes present in each of |mean colour of class c in fake - in real|."""
+  one_hot = jax.nn.one_hot(label, num_classes)
+  counts = one_hot.sum((1, 2))
+  def class_means(images):
+    return jnp.einsum("bhwc,bhwk->bck", one_hot, images) / jnp.maximum(counts, 1)[..., None]
+  gap = jnp.abs(class_means(fake) - class_means(real)).mean(-1)
+  present = counts > 0
+  return float((jnp.where(present, gap, 0.0).sum(1) / present.sum(1)).mean())
+
+
+class _LoopPrograms:
+  """init / step / sample jitted as the loop jits them (same shardings, donation and keys)."""
+
+  def __init__(self, config):
+    self.config = config
+    self.mesh = train.create_mesh()
+    self.init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    init_fn = functools.partial(spade.init_state, config)
+    self.state_sharding = train._state_shardings(jax.eval_shape(init_fn, self.init_key), self.mesh)
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    replicated = NamedSharding(self.mesh, P())
+    self.init = jax.jit(init_fn, out_shardings=self.state_sharding)
+    self.step = jax.jit(train._guarded_step(spade, config, train_key),
+                        in_shardings=(self.state_sharding, self.batch_sharding),
+                        out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+    self.sample = jax.jit(functools.partial(spade.sample, config), out_shardings=replicated)
+    self.replicated = replicated
+
+  def batch(self, host_batch):
+    return train._host_batch_to_global(host_batch, self.batch_sharding)
+
+  def sample_inputs(self, host_batch):
+    inputs = spade.sample_inputs(self.config, jax.random.key(0), host_batch)
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), self.replicated), inputs)
+
+
+def _copy(tree):
+  return jax.tree.map(np.array, jax.device_get(tree))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """The tiny preset trained end to end through the loop on four synthetic faces."""
+  config = _config()
+  workdir = tmp_path_factory.mktemp("spade") / "run"
+  state = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, state
+
+
+@pytest.fixture(scope="module")
+def programs(run):
+  return _LoopPrograms(run[0])
+
+
+@pytest.fixture(scope="module")
+def first_batch(run):
+  iterator = pipeline.create_train_iterator(run[0].input, seed=0, global_batch_size=run[0].batch_size)
+  return next(iterator)
+
+
+def test_two_jitted_steps_give_finite_losses_and_move_every_collection(programs, first_batch):
+  state0 = programs.init(programs.init_key)
+  before = _copy(state0)
+  state, metrics1 = programs.step(state0, programs.batch(first_batch))
+  state, metrics2 = programs.step(state, programs.batch(first_batch))
+  assert int(state.step) == 2
+  for metrics in (metrics1, metrics2):
+    assert set(metrics) == _METRICS
+    assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  weights = programs.config.loss_weights
+  np.testing.assert_allclose(float(metrics1["g/loss"]),
+                             weights.gan * float(metrics1["g/gan"]) + weights.feat * float(metrics1["g/feat"]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(metrics1["d/loss"]), float(metrics1["d/fake"]) + float(metrics1["d/real"]),
+                             rtol=1e-5)
+  after = _copy(state)
+  for field in ("g_params", "d_params", "batch_stats", "spectral_stats"):
+    changed = {jax.tree_util.keystr(path): not np.array_equal(old, new) for (path, old), new in zip(
+        jax.tree_util.tree_leaves_with_path(getattr(before, field)), jax.tree.leaves(getattr(after, field)),
+        strict=True)}
+    # Every weight moves but two kinds that get no gradient, by the architecture: a bias followed by the
+    # param-free batch norm, and at crop 32 head_0's gammas: head_0 runs at 1x1 on the label map's top-left
+    # pixel, background in every face, so its batch-normalised input is 0 and gamma multiplies 0.
+    frozen = [name for name, moved in changed.items() if not moved
+              and "bias" not in name and not name.startswith("['head_0']") and "mlp_gamma" not in name]
+    assert not frozen, (field, frozen)
+    assert any(changed.values()), field
+
+
+def test_parameter_counts_match_the_original():
+  # torch: sum(p.numel() for p in net.parameters()) for FaceIt's netG and netD (label_nc 19, no instance map).
+  config = spade_config.get_config()
+  state = jax.eval_shape(functools.partial(spade.init_state, config), jax.random.key(0))
+  assert common.count_params(state.g_params) == 92_538_819
+  assert common.count_params(state.d_params) == 5_566_594
+
+
+def test_switched_off_loss_is_not_in_the_total(programs, first_batch):
+  """With loss_weights.feat = 0, g/loss is exactly the weighted GAN term (VGG is 0 in tiny; no VAE)."""
+  config = _config(**{"loss_weights.feat": 0.0, "loss_weights.gan": 2.0})
+  state = programs.init(programs.init_key)
+  stats = {"batch": state.batch_stats, "spectral": state.spectral_stats}
+  batch = jax.tree.map(jnp.asarray, first_batch)
+  segmap = jax.nn.one_hot(batch["label"], config.model.label_nc)
+  loss, (_, metrics) = jax.jit(functools.partial(spade._generator_loss, config))(
+      state.g_params, state.d_params, stats, segmap, batch["image"], None)
+  assert set(metrics) == {"g/gan"}
+  assert float(loss) == pytest.approx(2.0 * float(metrics["g/gan"]), rel=1e-6)
+
+
+def test_vgg_loss_without_weights_is_a_config_error():
+  config = tiny_config("spade", **{"loss_weights.vgg": 10.0})
+  with pytest.raises(errors.ConfigError, match=r"convert vgg19 --from vgg19-dcbb9e9d\.pth --out vgg19\.npz.*"
+                                               r"--config\.vgg_weights=vgg19\.npz.*--config\.loss_weights\.vgg=0"):
+    spade.validate(config)
+  config.vgg_weights = "/nonexistent/vgg19.npz"
+  with pytest.raises(errors.ConfigError, match="does not exist"):
+    spade.validate(config)
+  config.loss_weights.vgg = 0.0
+  spade.validate(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"input.num_classes": 20}, "differs from config.model.label_nc"),
+    ({"model.crop_size": 48, "input.resolution": 48}, "must be a multiple of 32"),
+    ({"input.resolution": 64}, "must equal config.model.crop_size"),
+    ({"input.source": "tfds"}, "tfds.label_key=label"),
+    ({"loss_weights.feat": -1.0}, "loss_weights.feat"),
+    ({"gan_loss": "wgan"}, "one of hinge, lsgan, bce"),
+])
+def test_bad_configs_are_config_errors(overrides, message):
+  with pytest.raises(errors.ConfigError, match=message.replace(".", r"\.")):
+    spade.validate(tiny_config("spade", **overrides))
+
+
+def test_epochs_become_steps_and_follow_overrides():
+  config = spade_config.get_config()
+  assert (config.batch_size, config.niter, config.niter_decay) == (32, 100, 0)  # The seed's command.
+  assert config.num_train_steps == 100 * (20_000 // 32)
+  assert (config.g_opt.lr, config.d_opt.lr, config.g_opt.b1, config.g_opt.b2) == (1e-4, 4e-4, 0.0, 0.9)
+  config.niter_decay = 100
+  assert config.num_train_steps == 200 * 625 and config.g_opt.decay_start_step == 100 * 625
+  schedule = optim.learning_rate_schedule(config.d_opt, config.num_train_steps)
+  assert float(schedule(100 * 625)) == pytest.approx(4e-4)
+  assert float(schedule(150 * 625)) == pytest.approx(2e-4)
+  assert float(schedule(200 * 625)) == pytest.approx(0.0)
+  spade.validate(spade_config.get_config("cpu"))
+
+
+def test_vae_step_traces_with_the_kl_term():
+  config = tiny_config("spade", **{"model.use_vae": True})
+  state = jax.eval_shape(functools.partial(spade.init_state, config), jax.random.key(0))
+  assert set(state.g_params["encoder"]) >= {"layer1", "fc_mu", "fc_var"}
+  assert set(state.spectral_stats) == {"g", "d", "e"}
+  batch = {"image": jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
+           "label": jax.ShapeDtypeStruct((4, 32, 32), jnp.int32)}
+  new_state, metrics = jax.eval_shape(functools.partial(spade.train_step, config), state, batch,
+                                      jax.random.key(1))
+  assert set(metrics) == _METRICS | {"g/kld"}
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+def test_vgg_term_is_wired_in(tmp_path):
+  from facegen_jax.nets import vgg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  path = tmp_path / "vgg19.npz"
+  np.savez(path, **{f"{layer}/{kind}": rng.normal(0, 0.01, shape).astype(np.float32)
+                    for layer, shapes in vgg.expected_shapes().items() for kind, shape in shapes.items()})
+  config = tiny_config("spade", **{"loss_weights.vgg": 10.0, "vgg_weights": str(path)})
+  spade.validate(config)
+  state = jax.eval_shape(functools.partial(spade.init_state, config), jax.random.key(0))
+  batch = {"image": jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
+           "label": jax.ShapeDtypeStruct((4, 32, 32), jnp.int32)}
+  _, metrics = jax.eval_shape(functools.partial(spade.train_step, config), state, batch, jax.random.key(1))
+  assert set(metrics) == _METRICS | {"g/vgg"}
+
+
+def test_label_palette_has_distinct_colours():
+  palette = spade.label_palette(19)
+  assert len({tuple(c) for c in palette}) == 19
+  np.testing.assert_array_equal(palette[:4], [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]])
+
+
+def test_samples_show_label_generated_real(programs, first_batch):
+  state = programs.init(programs.init_key)
+  before = _copy(state.batch_stats)
+  outputs = programs.sample(state, programs.sample_inputs(first_batch))
+  assert list(outputs) == ["label", "generated", "real"]
+  for image in outputs.values():
+    assert image.shape == (4, 32, 32, 3)
+    assert float(jnp.abs(image).max()) <= 1.0
+  expected = spade.label_palette(19)[first_batch["label"]] / 127.5 - 1.0
+  np.testing.assert_allclose(outputs["label"], expected, atol=1e-6)
+  np.testing.assert_array_equal(outputs["real"], first_batch["image"])
+  jax.tree.map(np.testing.assert_array_equal, before, _copy(state.batch_stats))  # Samples leave stats alone.
+  grid = images_lib.make_grid(np.concatenate([np.asarray(x) for x in outputs.values()], axis=2))
+  assert grid.shape == (2 * 34 + 2, 2 * (3 * 32 + 2) + 2, 3)
+
+
+def test_loop_writes_samples_and_checkpoints(run):
+  config, workdir, state = run
+  assert int(state.step) == _STEPS
+  assert sorted(p.name for p in (workdir / "samples").glob("*.png")) == [f"step_{_STEPS:08d}.png"]
+  steps = ocp.CheckpointManager((workdir / "checkpoints").resolve()).all_steps()
+  assert sorted(steps) == [20, 40]
+  assert config.family == "spade"
+
+
+def test_training_matches_class_colours(run, programs, first_batch):
+  """60 loop steps on four faces: per-class mean colours of G(label) approach the real ones for the same
+  label maps. Measured: 0.23 at init -> 0.10 after 60 steps."""
+  _, _, trained = run
+  inputs = programs.sample_inputs(first_batch)
+  errors_by_state = []
+  for state in (programs.init(programs.init_key), trained):
+    fake = programs.sample(state, inputs)["generated"]
+    errors_by_state.append(_class_colour_error(first_batch["label"], fake, first_batch["image"]))
+  before, after = errors_by_state
+  print(f"class colour error: {before:.3f} at init, {after:.3f} after {_STEPS} steps")
+  assert after < 0.7 * before, (before, after)
