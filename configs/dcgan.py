@@ -35,13 +35,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   if preset == "cpu":  # A few minutes on 2 CPU cores: the same model, narrower, at 32 px.
     config.batch_size = 32
-    config.num_train_steps = 600
+    config.num_train_steps = 1500
     config.model.update(image_size=32, ngf=32, ndf=32)
     config.input.resolution = 32
     config.input.synthetic.num_examples = 20_000
-    config.log_every_steps = 50
-    config.sample_every_steps = 200
-    config.checkpoint_every_steps = 200
+    config.log_every_steps = 100
+    config.sample_every_steps = 500
+    config.checkpoint_every_steps = 500
     config.num_sample_images = 36
   elif preset == "tiny":  # Tests: seconds per step-compile.
     config.batch_size = 8

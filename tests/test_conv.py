@@ -48,13 +48,19 @@ def _forward_and_grads(module, params, x, dy):
   return y, pullback(dy)
 
 
+def _random_like(tree, seed, dtype):
+  """Standard normal numbers (from numpy: no XLA compilation per shape) shaped like `tree`'s leaves."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape), dtype), tree)
+
+
 def _compare(kind, case, dtype, impl="phase"):
   """Returns (flax's (y, grads), ours) for one case, with random input, params and output cotangent."""
   kernel, stride, padding, c_in, c_out, hw, bias = case
   reference, ours = _modules(kind, kernel, stride, padding, c_out, bias, dtype, impl)
-  x = jax.random.normal(jax.random.key(0), (2,) + hw + (c_in,), dtype)
-  params = reference.init(jax.random.key(1), x)
-  dy = jax.random.normal(jax.random.key(2), jax.eval_shape(reference.apply, params, x).shape, dtype)
+  x = _random_like(jax.ShapeDtypeStruct((2,) + hw + (c_in,), dtype), 0, dtype)
+  params = _random_like(jax.eval_shape(reference.init, jax.random.key(1), x), 1, dtype)
+  dy = _random_like(jax.eval_shape(reference.apply, params, x), 2, dtype)
   expected = jax.jit(lambda p, x, dy: _forward_and_grads(reference, p, x, dy))(params, x, dy)
   actual = jax.jit(lambda p, x, dy: _forward_and_grads(ours, p, x, dy))(params, x, dy)
   return expected, actual
@@ -78,7 +84,8 @@ def test_conv_matches_flax_float32(case):
   _assert_close(*_compare("conv", case, jnp.float32), rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind,case", [("transpose", c) for c in TRANSPOSE_CASES] + [("conv", CONV_CASES[0])])
+@pytest.mark.parametrize(
+    "kind,case", [("transpose", TRANSPOSE_CASES[i]) for i in (0, 1, 2, 6, 7, 9)] + [("conv", CONV_CASES[3])])
 def test_matches_flax_float64(kind, case):
   with jax.enable_x64(True):
     _assert_close(*_compare(kind, case, jnp.float64), rtol=1e-12)
@@ -88,8 +95,8 @@ def test_comparison_catches_a_wrong_tap():
   # The tolerance above is tight enough to see one kernel tap out of place.
   kernel, stride, padding, c_in, c_out, hw, bias = TRANSPOSE_CASES[0]
   reference, ours = _modules("transpose", kernel, stride, padding, c_out, bias)
-  x = jax.random.normal(jax.random.key(0), (2,) + hw + (c_in,))
-  params = reference.init(jax.random.key(1), x)
+  x = _random_like(jax.ShapeDtypeStruct((2,) + hw + (c_in,), jnp.float32), 0, jnp.float32)
+  params = _random_like(jax.eval_shape(reference.init, jax.random.key(1), x), 1, jnp.float32)
   shifted = jax.tree.map(lambda k: jnp.roll(k, 1, axis=0), params)
   with pytest.raises(AssertionError):
     _assert_close(reference.apply(params, x), ours.apply(shifted, x), rtol=1e-5)
@@ -144,8 +151,8 @@ def test_torch_padding_and_kernel_conversion(stride, padding, output_padding):
 def test_composes_with_jit_vmap_and_second_order_grad():
   kernel, stride, padding, c_in, c_out, hw, bias = TRANSPOSE_CASES[2]
   reference, ours = _modules("transpose", kernel, stride, padding, c_out, bias)
-  x = jax.random.normal(jax.random.key(0), (3, 2) + hw + (c_in,))
-  params = reference.init(jax.random.key(1), x[0])
+  x = _random_like(jax.ShapeDtypeStruct((3, 2) + hw + (c_in,), jnp.float32), 0, jnp.float32)
+  params = _random_like(jax.eval_shape(reference.init, jax.random.key(1), x[0]), 1, jnp.float32)
 
   # vmap over an extra leading axis equals a Python loop, and flax's own handling of extra batch axes.
   batched = jax.jit(jax.vmap(ours.apply, in_axes=(None, 0)))(params, x)
