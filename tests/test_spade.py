@@ -6,6 +6,7 @@ compiles each program once for the loop run and the tests together.
 """
 
 import functools
+import shutil
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -246,9 +247,19 @@ def test_loop_writes_samples_and_checkpoints(run):
   assert config.family == "spade"
 
 
+def test_loop_resumes_from_its_checkpoint(run, tmp_path):
+  config, workdir, trained = run
+  shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+  config = _config(num_train_steps=_STEPS + 1)
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  assert int(resumed.step) == _STEPS + 1
+  assert jax.tree.structure(resumed) == jax.tree.structure(trained)
+
+
 def test_training_matches_class_colours(run, programs, first_batch):
-  """60 loop steps on four faces: per-class mean colours of G(label) approach the real ones for the same
-  label maps. Measured: 0.23 at init -> 0.10 after 60 steps."""
+  """40 loop steps on four faces: per-class mean colours of G(label) approach the real ones for the same label
+  maps. Measured (1 CPU device): 0.231 at init -> 0.108 after 40 steps (0.096 after 60; at the original's
+  learning rates it stays near 0.22 for 200 steps)."""
   _, _, trained = run
   inputs = programs.sample_inputs(first_batch)
   errors_by_state = []
@@ -256,5 +267,4 @@ def test_training_matches_class_colours(run, programs, first_batch):
     fake = programs.sample(state, inputs)["generated"]
     errors_by_state.append(_class_colour_error(first_batch["label"], fake, first_batch["image"]))
   before, after = errors_by_state
-  print(f"class colour error: {before:.3f} at init, {after:.3f} after {_STEPS} steps")
   assert after < 0.7 * before, (before, after)
