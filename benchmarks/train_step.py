@@ -54,8 +54,7 @@ def main(_):
   state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
   iterator = pipeline.create_train_iterator(config.input, seed=config.seed, global_batch_size=config.batch_size)
   batch = jax.tree.map(lambda x: jax.device_put(x, batch_sharding), next(iterator))
-  step_fn = jax.jit(train._guarded_step(family, config, train_key),  # pylint: disable=protected-access
-                    in_shardings=(state_sharding, batch_sharding), donate_argnums=0)
+  step_fn = train.jit_train_step(family, config, train_key, state_sharding, batch_sharding)
 
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
