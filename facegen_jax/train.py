@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax import images as images_lib
+from facegen_jax import rundir
 from facegen_jax.families import common
 from facegen_jax.nets import conv as conv_lib
 from input_pipeline import pipeline
@@ -57,10 +58,6 @@ class RunPaths:
   @property
   def checkpoints(self) -> epath.Path:
     return self.workdir / "checkpoints"
-
-
-def _absolute(path: epath.Path) -> epath.Path:
-  return path if "://" in str(path) else path.resolve()  # Orbax wants absolute local paths; gs:// already is.
 
 
 def create_mesh() -> Mesh:
@@ -125,8 +122,8 @@ class _FrozenIteratorState:
 
 
 def _checkpoint_args(state, iterator) -> ocp.args.Composite:
-  return ocp.args.Composite(state=ocp.args.StandardSave(state),
-                            data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(iterator)))
+  return ocp.args.Composite(**{rundir.STATE_ITEM: ocp.args.StandardSave(state),
+                               rundir.DATA_ITEM: grain.checkpoint.CheckpointSave(_FrozenIteratorState(iterator))})
 
 
 class _PreemptionWatcher:
@@ -227,8 +224,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   state_sharding = _state_shardings(abstract_state, mesh)
   batch_sharding = NamedSharding(mesh, P("data"))
 
+  rundir.save_config(paths.workdir, config)
   manager = ocp.CheckpointManager(
-      _absolute(paths.checkpoints),
+      rundir.checkpoint_dir(paths.workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
                                            enable_async_checkpointing=config.async_checkpointing))
   latest = manager.latest_step()
@@ -238,10 +236,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   else:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, state_sharding)
-    restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(train_iter)))
-    state = restored.state
-    logging.info("Resumed from the checkpoint at step %d in %s", latest, paths.checkpoints)
+    items = {rundir.STATE_ITEM: ocp.args.StandardRestore(target)}
+    has_data = rundir.has_item(paths.workdir, latest, rundir.DATA_ITEM)
+    if has_data:
+      items[rundir.DATA_ITEM] = grain.checkpoint.CheckpointRestore(train_iter)
+    state = manager.restore(latest, args=ocp.args.Composite(**items))[rundir.STATE_ITEM]
+    logging.info("Resumed from the checkpoint at step %d in %s%s", latest, paths.checkpoints,
+                 "" if has_data else " (a converted checkpoint without data position: the data starts anew)")
   for name in ("g_params", "d_params"):
     if hasattr(state, name):
       logging.info("%s: %s parameters", name, f"{common.count_params(getattr(state, name)):,}")

@@ -120,10 +120,10 @@ class FolderSource(grain.sources.RandomAccessDataSource):
     index = index % len(self)
     path = self._images[index]
     try:
-      example = {"image": _read_image(path, "RGB")}
+      example = {"image": read_image(path, "RGB")}
       if self._labels is not None:
         path = self._labels[index]
-        example["label"] = _read_label(path)
+        example["label"] = read_label(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
       # PIL raises OSError for truncated and unidentified files, ValueError and SyntaxError for some
       # malformed headers; one bad file in 30k should not stop a week-long run.
@@ -144,13 +144,13 @@ class FolderSource(grain.sources.RandomAccessDataSource):
                       f"{error}): check the files or point --config.input.folder.image_dir elsewhere")
 
 
-def _read_image(path: str, mode: str) -> np.ndarray:
+def read_image(path: str, mode: str) -> np.ndarray:
   with Image.open(path) as image:
     image.load()  # Decodes now, so a truncated file fails here rather than later in a transform.
     return np.asarray(image.convert(mode))
 
 
-def _read_label(path: str) -> np.ndarray:
+def read_label(path: str) -> np.ndarray:
   """Reads a parsing map of class indices; a palette PNG gives its indices, not its colours."""
   with Image.open(path) as image:
     image.load()

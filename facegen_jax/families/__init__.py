@@ -6,6 +6,8 @@ A family module provides:
   train_step(config, state, batch, rng)     pure; -> (state, metrics dict of scalars, "g/..", "d/..")
   sample_inputs(config, rng, batch) -> dict fixed inputs for the sample grids, drawn once
   sample(config, state, inputs) -> dict     name -> images in [-1, 1], (B, H, W, 3); shown side by side
+  generate(config, state, inputs, rng)      inference (eval mode) for `python -m facegen_jax.generate`;
+                                            -> {"generated": images in [-1, 1]}
 """
 
 import types

@@ -171,3 +171,11 @@ def sample(config: ml_collections.ConfigDict, state: common.GANState, inputs: di
   fake, _ = generator.apply({"params": state.g_params, "batch_stats": state.batch_stats["g"]}, inputs["z"],
                             mutable=["batch_stats"])
   return {"generated": fake}
+
+
+def generate(config: ml_collections.ConfigDict, state: common.GANState, inputs: dict, rng: jax.Array) -> dict:
+  """G in eval mode (BatchNorm with its running statistics) on inputs["z"] (B, nz)."""
+  del rng
+  generator, _ = _models(config)
+  return {"generated": generator.apply({"params": state.g_params, "batch_stats": state.batch_stats["g"]},
+                                       inputs["z"], train=False)}

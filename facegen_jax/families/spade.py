@@ -329,3 +329,28 @@ def sample(config: ml_collections.ConfigDict, state: SPADEState, inputs: dict) -
   # images side by side in the dict's order.
   return collections.OrderedDict(
       label=colorize(inputs["label"], config.model.label_nc), generated=fake, real=inputs["image"])
+
+
+def generate(config: ml_collections.ConfigDict, state: SPADEState, inputs: dict, rng: jax.Array) -> dict:
+  """Inference as the original's test.py runs it: G (and the encoder) in eval mode, i.e. sync BN with its
+  running statistics and every spectral norm from its stored u and v, nothing updated.
+
+  inputs: "label" int (B, H, W) at crop_size; with use_vae optionally "style" (B, H, W, 3) in [-1, 1], whose
+  encoding gives z = mu + std * noise (the original's reparameterize, also at test time); without a style image z
+  is drawn from N(0, 1).
+  """
+  generator, _, encoder = _models(config)
+  g_params = dict(state.g_params)
+  e_params = g_params.pop("encoder", None)
+  segmap = _one_hot(config, inputs["label"])
+  z = None
+  if config.model.use_vae:
+    noise = jax.random.normal(rng, (segmap.shape[0], config.model.z_dim))
+    z = noise
+    if inputs.get("style") is not None:
+      mu, logvar = encoder.apply({"params": e_params, sn_lib.SPECTRAL_STATS: state.spectral_stats["e"]},
+                                 inputs["style"], train=False)
+      z = mu + jnp.exp(0.5 * logvar) * noise
+  fake = generator.apply({"params": g_params, "batch_stats": state.batch_stats["g"],
+                          sn_lib.SPECTRAL_STATS: state.spectral_stats["g"]}, segmap, z, train=False)
+  return {"generated": fake}

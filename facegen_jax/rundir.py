@@ -1,0 +1,99 @@
+"""A run directory: what `main` writes and what `generate`, `evaluate` and a resumed `main` read.
+
+  DIR/config.json          the full config of the run (written by `main` and by `convert`)
+  DIR/checkpoints/<step>/  Orbax checkpoints: item "state" (the family's train state) and, from training,
+                           item "data" (the Grain iterator position)
+  DIR/tensorboard/, DIR/samples/  logs and sample grids (from training only)
+
+A converter writes config.json and a step-0 checkpoint with the "state" item only; `main --workdir DIR`
+fine-tunes from it (the data then starts from the beginning) and `generate --workdir DIR` uses it as it is.
+"""
+
+from __future__ import annotations
+
+import json
+
+from etils import epath
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from facegen_jax import errors
+from facegen_jax import families
+
+CONFIG_FILE = "config.json"
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+
+
+def absolute(path) -> epath.Path:
+  path = epath.Path(path)
+  return path if "://" in str(path) else path.resolve()  # Orbax wants absolute local paths; gs:// already is.
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+  return absolute(workdir) / "checkpoints"
+
+
+def save_config(workdir, config: ml_collections.ConfigDict) -> None:
+  """Writes DIR/config.json (process 0 only): the resolved values, field references included."""
+  if jax.process_index() == 0:
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise errors.UserError(
+        f"{path} does not exist: --workdir must be a directory written by `python -m facegen_jax.main` or by "
+        "`python -m facegen_jax.convert`")
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except json.JSONDecodeError as e:
+    raise errors.UserError(f"{path} is not valid JSON ({e}): restore it from the run or re-run the converter") from e
+
+
+def latest_step(workdir) -> int | None:
+  directory = checkpoint_dir(workdir)
+  if not directory.exists():
+    return None
+  with ocp.CheckpointManager(directory) as manager:
+    return manager.latest_step()
+
+
+def has_item(workdir, step: int, item: str) -> bool:
+  return (checkpoint_dir(workdir) / str(step) / item).exists()
+
+
+def restore_state(workdir, config: ml_collections.ConfigDict, *, step: int | None = None,
+                  sharding: jax.sharding.Sharding | None = None):
+  """The family's train state at `step` (default: the latest checkpoint), on one device unless `sharding`.
+
+  Returns (state, step). Only the "state" item is read, so the input pipeline need not exist here.
+  """
+  family = families.get_family(config.family)
+  if step is None:
+    step = latest_step(workdir)
+    if step is None:
+      raise errors.UserError(f"no checkpoint in {checkpoint_dir(workdir)}: train first (`python -m "
+                             "facegen_jax.main --workdir ...`) or convert one (`python -m facegen_jax.convert`)")
+  elif not has_item(workdir, step, STATE_ITEM):
+    raise errors.UserError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}: leave out the step to "
+                           f"use the latest ({latest_step(workdir)})")
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.eval_shape(lambda key: family.init_state(config, key), jax.random.key(0))
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+  with ocp.CheckpointManager(checkpoint_dir(workdir)) as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
+  return restored[STATE_ITEM], step
+
+
+def save_state(workdir, config: ml_collections.ConfigDict, state, *, step: int = 0) -> epath.Path:
+  """Writes config.json and a checkpoint holding only the "state" item (what converters produce)."""
+  save_config(workdir, config)
+  with ocp.CheckpointManager(checkpoint_dir(workdir), options=ocp.CheckpointManagerOptions(create=True)) as manager:
+    manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}), force=True)
+    manager.wait_until_finished()
+  return checkpoint_dir(workdir) / str(step)
