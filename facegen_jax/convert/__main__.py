@@ -1,6 +1,7 @@
 """`python -m facegen_jax.convert SUBCOMMAND ...`: PyTorch checkpoints -> files facegen_jax loads, without torch.
 
   python -m facegen_jax.convert vgg19 --from vgg19-dcbb9e9d.pth --out vgg19.npz
+  python -m facegen_jax.convert spade --checkpoint latest_net_G.pth --out runs/faceit [--encoder latest_net_E.pth]
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ import argparse
 import sys
 
 from facegen_jax import errors
+from facegen_jax.convert import spade
 from facegen_jax.convert import vgg19
 
 # Subcommand -> module with `add_arguments(parser)` and `run(args)`; a new converter is an import and an entry.
 SUBCOMMANDS = {
   "vgg19": vgg19,
+  "spade": spade,
 }
 
 

@@ -152,16 +152,16 @@ def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> SPADEState:
   g_vars = generator.init(g_rng, segmap, z, train=False)
   d_vars = discriminator.init(d_rng, segmap, image, train=False)
   g_params = dict(g_vars["params"])
-  spectral_stats = {"g": g_vars[sn_lib.SPECTRAL_STATS], "d": d_vars[sn_lib.SPECTRAL_STATS]}
+  spectral_stats = {"g": g_vars.get(sn_lib.SPECTRAL_STATS, {}), "d": d_vars.get(sn_lib.SPECTRAL_STATS, {})}
   if config.model.use_vae:
     e_vars = encoder.init(e_rng, image, train=False)
     g_params["encoder"] = e_vars["params"]
-    spectral_stats["e"] = e_vars[sn_lib.SPECTRAL_STATS]
+    spectral_stats["e"] = e_vars.get(sn_lib.SPECTRAL_STATS, {})
   g_tx, d_tx = _optimizers(config)
   return SPADEState(
       step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_vars["params"],
       g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_vars["params"]),
-      batch_stats={"g": g_vars["batch_stats"]}, spectral_stats=spectral_stats)
+      batch_stats={"g": g_vars.get("batch_stats", {})}, spectral_stats=spectral_stats)
 
 
 def _labels(batch):
@@ -186,12 +186,12 @@ def _generate(config, g_params, stats, segmap, real, noise):
         {"params": g_params.pop("encoder"), sn_lib.SPECTRAL_STATS: stats["spectral"]["e"]}, real, train=True,
         mutable=[sn_lib.SPECTRAL_STATS])
     z = mu + jnp.exp(0.5 * logvar) * noise  # The original's reparameterize.
-    new_stats["spectral"] = dict(stats["spectral"], e=e_upd[sn_lib.SPECTRAL_STATS])
+    new_stats["spectral"] = dict(stats["spectral"], e=e_upd.get(sn_lib.SPECTRAL_STATS, {}))
   fake, g_upd = generator.apply(
       {"params": g_params, "batch_stats": stats["batch"]["g"], sn_lib.SPECTRAL_STATS: stats["spectral"]["g"]},
       segmap, z, train=True, mutable=_TRAIN_COLLECTIONS)
-  new_stats["batch"] = {"g": g_upd["batch_stats"]}
-  new_stats["spectral"] = dict(new_stats["spectral"], g=g_upd[sn_lib.SPECTRAL_STATS])
+  new_stats["batch"] = {"g": g_upd.get("batch_stats", {})}
+  new_stats["spectral"] = dict(new_stats["spectral"], g=g_upd.get(sn_lib.SPECTRAL_STATS, {}))
   return fake, mu, logvar, new_stats
 
 
@@ -204,7 +204,7 @@ def _discriminate(config, d_params, d_spectral, segmap, fake, real):
   n = fake.shape[0]
   pred_fake = [[f[:n] for f in scale] for scale in outputs]
   pred_real = [[f[n:] for f in scale] for scale in outputs]
-  return pred_fake, pred_real, upd[sn_lib.SPECTRAL_STATS]
+  return pred_fake, pred_real, upd.get(sn_lib.SPECTRAL_STATS, {})
 
 
 def feature_matching_loss(pred_fake, pred_real) -> jax.Array:

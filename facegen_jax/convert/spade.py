@@ -1,0 +1,343 @@
+"""NVlabs/SPADE generator (latest_net_G.pth, FaceIt-SPADE's too) -> a facegen_jax run directory.
+
+  python -m facegen_jax.convert spade --checkpoint latest_net_G.pth --out runs/faceit
+  python -m facegen_jax.generate --workdir runs/faceit --labels maps/ --out out/
+
+The generator's options are read from the state_dict: label_nc (the SPADE convs' input channels, i.e. the
+original's semantic_nc), ngf, use_vae and z_dim (fc is a Linear), spectral norm (`weight_orig` keys), the
+param-free norm (batch if `param_free_norm.running_mean` exists, else instance) and 'most' (an `up_4` block).
+What no shape tells comes from flags: --crop_size (default 128, FaceIt's), --aspect_ratio, and 'more' vs
+'normal' without use_vae (--num_upsampling_layers; with use_vae fc's size decides). The file is read by
+`torch_reader` (torch is not needed): a plain state_dict as NVlabs saves it (`net.cpu().state_dict()`), one
+nested under "state_dict", "netG" etc., or with DataParallel's `module.` prefix.
+
+Keys map as `facegen_jax.nets.spade`'s docstring states. Spectral-norm layers saved by torch < 1.0 have no
+`weight_v`, only the normalised `weight`: v is solved from weight_orig, weight_u and weight as torch's
+load_state_dict pre-hook does (in float64). Every key must be used and every variable filled with its shape,
+or a UserError names the keys. `--encoder latest_net_E.pth` adds a use_vae model's encoder (its layer6 must
+exist: the original's encoder runs only at crop >= 256).
+
+The output is a full SPADE train state: the converted G (and encoder), a fresh D (`--ndf`, the original's 64)
+and fresh optimizers, so `python -m facegen_jax.main --config configs/spade.py --workdir DIR` fine-tunes it when
+its config.model matches the one in DIR/config.json. Not supported: instance-edge maps (a model trained without
+--no_instance has label_nc + 1 inputs, which would be read as one more class) and SPADE kernels other than 3x3.
+An --aspect_ratio other than 1 converts, but `generate` and the input pipeline make square maps only.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from flax import traverse_util
+import jax
+import numpy as np
+
+from configs import spade as spade_configs
+from facegen_jax import rundir
+from facegen_jax.convert import torch_reader
+from facegen_jax.errors import UserError
+from facegen_jax.families import spade
+from facegen_jax.nets import spade as spade_nets
+from facegen_jax.nets import spectral_norm as sn_lib
+
+# Module names that are nn.Sequential in the original, with the index of the layer holding the weights.
+_G_SEQUENTIAL = {"mlp_shared": "0"}
+_E_SEQUENTIAL = {r"layer\d+": "0"}
+_SHOW = 8  # Key names listed in an error message.
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument("--checkpoint", required=True, help="the generator's state_dict, e.g. latest_net_G.pth")
+  parser.add_argument("--out", required=True, help="the run directory to write (config.json + checkpoint)")
+  parser.add_argument("--encoder", help="use_vae models: the encoder's state_dict, e.g. latest_net_E.pth")
+  parser.add_argument("--crop_size", type=int, default=128, help="the original's --crop_size (FaceIt: 128)")
+  parser.add_argument("--aspect_ratio", type=float, default=1.0, help="the original's --aspect_ratio")
+  parser.add_argument("--num_upsampling_layers", choices=tuple(spade_nets.NUM_UPSAMPLING_LAYERS),
+                      help="default: read from the checkpoint ('most' has up_4; with use_vae fc's size "
+                           "tells), else 'normal'")
+  parser.add_argument("--ndf", type=int, default=64, help="width of the fresh discriminator for fine-tuning")
+
+
+def run(args) -> None:
+  config = convert(args.checkpoint, args.out, encoder=args.encoder, crop_size=args.crop_size,
+                   aspect_ratio=args.aspect_ratio, num_upsampling_layers=args.num_upsampling_layers,
+                   ndf=args.ndf)
+  m = config.model
+  print(f"wrote {args.out}: SPADE generator{' + encoder' if args.encoder else ''} (label_nc {m.label_nc}, "
+        f"ngf {m.ngf}, crop {m.crop_size}, {m.num_upsampling_layers}, use_vae {m.use_vae}); generate with "
+        f"`python -m facegen_jax.generate --workdir {args.out} --labels MAPS --out OUT`")
+
+
+def _load(path, what: str) -> dict[str, np.ndarray]:
+  state_dict = torch_reader.load_state_dict(path)
+  # {"state_dict": sd} alone reads as "state_dict.fc.weight", ...; DataParallel adds "module.".
+  prefixes = tuple(f"{name}." for name in ("module",) + torch_reader.STATE_DICT_KEYS)
+  while state_dict and (prefix := next((p for p in prefixes if all(k.startswith(p) for k in state_dict)), None)):
+    state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+  if not state_dict:
+    raise UserError(f"{path} holds an empty state_dict: pass the {what}")
+  return state_dict
+
+
+def _not_a_generator(keys, source) -> UserError:
+  """Says what the file seems to be instead, from its key names."""
+  if any(k.startswith(("discriminator_", "model0.")) for k in keys):
+    seems = "a discriminator (latest_net_D.pth)"
+  elif any(k.startswith(("fc_mu.", "layer1.")) for k in keys):
+    seems = "the VAE encoder (latest_net_E.pth): pass it with --encoder"
+  elif any(k.startswith(("features.", "classifier.")) for k in keys):
+    seems = "VGG19 weights (convert those with `python -m facegen_jax.convert vgg19`)"
+  else:
+    seems = f"something else (keys {', '.join(sorted(keys)[:4])}, ...)"
+  return UserError(f"{source} is not a SPADE generator state_dict (no fc, head_0, conv_img); it looks like "
+                   f"{seems}. Pass the generator, e.g. checkpoints/<name>/latest_net_G.pth")
+
+
+def _weight(state_dict, module: str):
+  """A conv's weight, spectral-normalised or not."""
+  return state_dict.get(f"{module}.weight_orig", state_dict.get(f"{module}.weight"))
+
+
+def detect_generator(state_dict, source, *, crop_size: int = 128, aspect_ratio: float = 1.0,
+                     num_upsampling_layers: str | None = None) -> dict:
+  """config.model fields from key names and shapes (values need only `.shape`)."""
+  head, mlp = _weight(state_dict, "head_0.conv_0"), state_dict.get("head_0.norm_0.mlp_shared.0.weight")
+  if head is None or mlp is None or "fc.weight" not in state_dict or "conv_img.weight" not in state_dict:
+    raise _not_a_generator(state_dict, source)
+  if head.shape[0] % 16:
+    raise UserError(f"{source}: head_0 has {head.shape[0]} channels, not 16 * ngf: not an NVlabs SPADE generator")
+  if tuple(mlp.shape[2:]) != (3, 3):
+    raise UserError(f"{source}: SPADE convs are {mlp.shape[2]}x{mlp.shape[3]} (norm_G ...{mlp.shape[2]}x"
+                    f"{mlp.shape[3]}); only 3x3 (e.g. spectralspadesyncbatch3x3) converts")
+  fc = state_dict["fc.weight"]
+  model = dict(label_nc=int(mlp.shape[1]), ngf=int(head.shape[0]) // 16, crop_size=crop_size,
+               aspect_ratio=aspect_ratio, use_vae=len(fc.shape) == 2,
+               g_spectral_norm="head_0.conv_0.weight_orig" in state_dict,
+               g_param_free_norm=("batch" if "head_0.norm_0.param_free_norm.running_mean" in state_dict
+                                  else "instance"))
+  if model["use_vae"]:
+    model["z_dim"] = int(fc.shape[1])
+  model["num_upsampling_layers"] = _upsampling_layers(
+      state_dict, source, model, fc.shape[0] // (16 * model["ngf"]), num_upsampling_layers)
+  return model
+
+
+def _latent_cells(mode: str, crop_size: int, aspect_ratio: float) -> int:
+  sw = crop_size // 2 ** spade_nets.NUM_UPSAMPLING_LAYERS[mode]
+  return round(sw / aspect_ratio) * sw
+
+
+def _upsampling_layers(state_dict, source, model, fc_cells: int, requested: str | None) -> str:
+  """'most' iff up_4 exists; with use_vae the fc size picks 'normal' or 'more'; else the flag or 'normal'."""
+  crop, aspect = model["crop_size"], model["aspect_ratio"]
+  has_up_4 = any(k.startswith("up_4.") for k in state_dict)
+  if requested is not None and has_up_4 != (requested == "most"):
+    raise UserError(f"{source} {'has' if has_up_4 else 'has no'} up_4 block, so it was trained with "
+                    f"num_upsampling_layers {'most' if has_up_4 else 'normal or more'}: drop "
+                    f"--num_upsampling_layers {requested}")
+  candidates = ["most"] if has_up_4 else ["normal", "more"]
+  if model["use_vae"]:
+    fits = [m for m in candidates if _latent_cells(m, crop, aspect) == fc_cells]
+    if not fits:
+      raise UserError(
+          f"{source}: fc maps z to {fc_cells} cells of 16*ngf channels, which no num_upsampling_layers gives "
+          f"at --crop_size {crop} --aspect_ratio {aspect}: pass the --crop_size (and --aspect_ratio) the model "
+          "was trained with")
+    if requested is not None and requested not in fits:
+      raise UserError(f"{source}: fc's size fits num_upsampling_layers {fits[0]!r} at --crop_size {crop}, "
+                      f"not {requested!r}: drop --num_upsampling_layers or fix --crop_size")
+    candidates = fits
+  mode = requested if requested in candidates else candidates[0]
+  scale = 2 ** spade_nets.NUM_UPSAMPLING_LAYERS[mode]
+  if crop % scale:
+    raise UserError(f"--crop_size {crop} is not a multiple of {scale}, as num_upsampling_layers {mode!r} needs: "
+                    "pass the model's crop size (FaceIt: 128)")
+  return mode
+
+
+def detect_encoder(state_dict, source) -> dict:
+  """ngf, z_dim and spectral norm of the original's ConvEncoder."""
+  first = _weight(state_dict, "layer1.0")
+  if first is None or "fc_mu.weight" not in state_dict:
+    raise UserError(f"--encoder {source} is not a SPADE ConvEncoder state_dict (no layer1, fc_mu): pass "
+                    "latest_net_E.pth")
+  if _weight(state_dict, "layer6.0") is None:
+    raise UserError(f"--encoder {source} has no layer6: the original builds it only for crop >= 256 and its "
+                    "encoder fails below that (fc_mu gets 8x8 instead of 4x4), so this encoder cannot run")
+  return dict(ngf=int(first.shape[0]), z_dim=int(state_dict["fc_mu.weight"].shape[0]),
+              e_spectral_norm="layer1.0.weight_orig" in state_dict)
+
+
+def build_config(model: dict, *, ndf: int = 64):
+  config = spade_configs.get_config()
+  config.model.update(model)
+  config.model.ndf = ndf
+  config.input.resolution = model["crop_size"]
+  config.input.num_classes = model["label_nc"]
+  return config
+
+
+def _torch_module(path: tuple[str, ...], sequential: dict[str, str]) -> str:
+  parts = []
+  for name in path:
+    parts.append(name)
+    parts.extend(index for pattern, index in sequential.items() if re.fullmatch(pattern, name))
+  return ".".join(parts)
+
+
+def expected_keys(variables: dict, sequential: dict[str, str]) -> dict[str, tuple]:
+  """{torch key: (collection, flax path, torch shape)} for flax variables {collection: tree of shapes}."""
+  flat = {(collection,) + path: leaf for collection, tree in variables.items()
+          for path, leaf in traverse_util.flatten_dict(tree).items()}
+  spectral = {path[1:-1] for path in flat if path[0] == sn_lib.SPECTRAL_STATS}
+  keys = {}
+  for (collection, *path), leaf in flat.items():
+    module, name = tuple(path[:-1]), path[-1]
+    shape = tuple(leaf.shape)
+    if collection == "params" and name == "kernel":
+      name = "weight_orig" if module in spectral else "weight"
+      shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+    elif collection == sn_lib.SPECTRAL_STATS:
+      name = f"weight_{name}"
+    keys[f"{_torch_module(module, sequential)}.{name}"] = (collection, tuple(path), shape)
+  return keys
+
+
+def _old_spectral_weight(key: str, state_dict) -> str | None:
+  """For a missing `X.weight_v`: the key `X.weight` of a pre-1.0 spectral-norm layer, if that is the case."""
+  base = key[:-len("_v")]
+  if key.endswith(".weight_v") and all(base + s in state_dict for s in ("", "_orig", "_u")):
+    return base
+  return None
+
+
+def check_keys(state_dict, expected: dict, source, hint: str) -> None:
+  """Raises UserError unless the state_dict has exactly the expected keys and shapes (values need `.shape`)."""
+  used, missing, wrong = set(), [], []
+  for key, (_, _, shape) in expected.items():
+    old = _old_spectral_weight(key, state_dict) if key not in state_dict else None
+    if old is not None:
+      used.add(old)
+      if tuple(state_dict[old].shape) != tuple(state_dict[old + "_orig"].shape):
+        wrong.append(f"{old} {tuple(state_dict[old].shape)} (expected {tuple(state_dict[old + '_orig'].shape)})")
+    elif key not in state_dict:
+      missing.append(key)
+    elif tuple(state_dict[key].shape) != shape:
+      wrong.append(f"{key} {tuple(state_dict[key].shape)} (expected {shape})")
+    used.add(key)
+  batch_norms = {key[:-len("running_mean")] for key in expected if key.endswith(".running_mean")}
+  unexpected = sorted(k for k in state_dict if k not in used
+                      and not (k.endswith(".num_batches_tracked") and k[:-len("num_batches_tracked")] in batch_norms))
+  problems = [f"{what} {len(names)}: {', '.join(sorted(names)[:_SHOW])}{', ...' if len(names) > _SHOW else ''}"
+              for what, names in (("missing keys", missing), ("unexpected keys", unexpected),
+                                  ("wrong shapes", wrong)) if names]
+  if problems:
+    raise UserError(f"{source} does not match the model read from it: {'; '.join(problems)}. {hint}")
+
+
+def _torch_to_flax(key: str, value: np.ndarray) -> np.ndarray:
+  value = np.asarray(value, np.float32)
+  if key.endswith((".weight", ".weight_orig")):
+    return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+  return value
+
+
+def solve_spectral_v(weight_orig: np.ndarray, weight_u: np.ndarray, weight: np.ndarray) -> np.ndarray:
+  """torch's `_solve_v_and_rescale` for pre-1.0 checkpoints: v with u = normalize(W v), u . W v = sigma.
+
+  sigma = mean(weight_orig / weight), as torch's pre-hook takes it (over entries where weight is non-zero,
+  which torch would turn into NaN). torch's v = pinv(W^T W) W^T u is pinv(W) u = W^T pinv(W W^T) u: the
+  smaller Gram matrix is inverted (1024 x 1024 rather than 9216 x 9216 for FaceIt's head_0).
+  """
+  matrix = np.asarray(weight_orig, np.float64).reshape(weight_orig.shape[0], -1)
+  u = np.asarray(weight_u, np.float64)
+  orig, normed = np.asarray(weight_orig, np.float64).ravel(), np.asarray(weight, np.float64).ravel()
+  nonzero = normed != 0
+  sigma = np.mean(orig[nonzero] / normed[nonzero]) if nonzero.any() else 1.0
+  if matrix.shape[0] <= matrix.shape[1]:
+    v = matrix.T @ (np.linalg.pinv(matrix @ matrix.T, hermitian=True) @ u)
+  else:
+    v = np.linalg.pinv(matrix.T @ matrix, hermitian=True) @ (matrix.T @ u)
+  return (v * (sigma / (u @ (matrix @ v)))).astype(np.float32)
+
+
+def convert_variables(state_dict, expected: dict, abstract: dict) -> dict:
+  """{collection: tree} in `abstract`'s structure, filled from a state_dict already passed by `check_keys`."""
+  flat = {}
+  for key, (collection, path, _) in expected.items():
+    old = _old_spectral_weight(key, state_dict) if key not in state_dict else None
+    if old is not None:
+      value = solve_spectral_v(state_dict[old + "_orig"], state_dict[old + "_u"], state_dict[old])
+    else:
+      value = _torch_to_flax(key, state_dict[key])
+    flat[(collection,) + path] = value
+  out = traverse_util.unflatten_dict(flat)
+  return {collection: out.get(collection, {}) for collection in abstract}
+
+
+def _generator_variables(state) -> dict:
+  params = {k: v for k, v in state.g_params.items() if k != "encoder"}
+  return {"params": params, "batch_stats": state.batch_stats["g"], sn_lib.SPECTRAL_STATS: state.spectral_stats["g"]}
+
+
+def _encoder_variables(state) -> dict:
+  return {"params": state.g_params["encoder"], sn_lib.SPECTRAL_STATS: state.spectral_stats["e"]}
+
+
+def _fresh_state(init, seed: int):
+  """init_state without G's values (replaced anyway; XLA drops their sampling): D, optimizers, the encoder."""
+  def fresh(key):
+    state = init(key)
+    return state.replace(g_params={k: v for k, v in state.g_params.items() if k == "encoder"}, batch_stats={},
+                         spectral_stats={k: v for k, v in state.spectral_stats.items() if k != "g"})
+  # Run once, so compile fast: at the default optimisation level XLA:CPU compiles this for 10-70 s.
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  return jax.jit(fresh, compiler_options=options)(jax.random.key(seed))
+
+
+_G_HINT = ("Was it saved by NVlabs/SPADE's SPADEGenerator (latest_net_G.pth) with norm_G "
+           "[spectral]spade{syncbatch,batch,instance}3x3?")
+_E_HINT = "Was it saved by NVlabs/SPADE's ConvEncoder (latest_net_E.pth) with the generator's --ngf and --z_dim?"
+
+
+def convert(checkpoint, out, *, encoder=None, crop_size: int = 128, aspect_ratio: float = 1.0,
+            num_upsampling_layers: str | None = None, ndf: int = 64):
+  """Writes the run directory `out`; returns its config."""
+  g_dict = _load(checkpoint, "generator (latest_net_G.pth)")
+  model = detect_generator(g_dict, checkpoint, crop_size=crop_size, aspect_ratio=aspect_ratio,
+                           num_upsampling_layers=num_upsampling_layers)
+  e_dict = None
+  if encoder is not None:
+    if not model["use_vae"]:
+      raise UserError(f"--encoder given, but {checkpoint} was trained without use_vae (its fc is a conv): "
+                      "drop --encoder")
+    e_dict = _load(encoder, "encoder (latest_net_E.pth)")
+    e_model = detect_encoder(e_dict, encoder)
+    if (e_model["ngf"], e_model["z_dim"]) != (model["ngf"], model["z_dim"]):
+      raise UserError(f"--encoder {encoder} has ngf {e_model['ngf']}, z_dim {e_model['z_dim']} but the generator "
+                      f"ngf {model['ngf']}, z_dim {model['z_dim']}: pass the encoder of the same run")
+    model["e_spectral_norm"] = e_model["e_spectral_norm"]
+  config = build_config(model, ndf=ndf)
+  init = functools.partial(spade.init_state, config)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  parts = [(g_dict, checkpoint, _generator_variables, _G_SEQUENTIAL, _G_HINT)]
+  if e_dict is not None:
+    parts.append((e_dict, encoder, _encoder_variables, _E_SEQUENTIAL, _E_HINT))
+  for state_dict, source, variables, sequential, hint in parts:  # Check everything before the slow part.
+    check_keys(state_dict, expected_keys(variables(abstract), sequential), source, hint)
+  state = _fresh_state(init, config.seed)
+  g = convert_variables(g_dict, expected_keys(_generator_variables(abstract), _G_SEQUENTIAL),
+                        _generator_variables(abstract))
+  g_params = dict(g["params"])
+  spectral_stats = dict(state.spectral_stats, g=g[sn_lib.SPECTRAL_STATS])
+  if e_dict is not None:
+    e = convert_variables(e_dict, expected_keys(_encoder_variables(abstract), _E_SEQUENTIAL),
+                          _encoder_variables(abstract))
+    g_params["encoder"] = e["params"]
+    spectral_stats["e"] = e[sn_lib.SPECTRAL_STATS]
+  elif "encoder" in state.g_params:
+    g_params["encoder"] = state.g_params["encoder"]  # use_vae without --encoder: a fresh one (z ~ N(0, 1)).
+  state = state.replace(g_params=g_params, batch_stats={"g": g["batch_stats"]}, spectral_stats=spectral_stats)
+  rundir.save_state(out, config, state)
+  return config
