@@ -31,10 +31,10 @@ def create_optimizer(opt_config: ml_collections.ConfigDict, num_train_steps: int
         f"config.{name}.lr must be > 0, got {opt_config.lr}: set --config.{name}.lr to e.g. 2e-4")
   lr = learning_rate_schedule(opt_config, num_train_steps)
   b1, b2 = opt_config.get("b1", 0.9), opt_config.get("b2", 0.999)
-  weight_decay = opt_config.get("weight_decay", 0.0)
+  eps, weight_decay = opt_config.get("eps", 1e-8), opt_config.get("weight_decay", 0.0)
   if opt_config.name == "adamw":
-    return optax.adamw(lr, b1=b1, b2=b2, eps=1e-8, weight_decay=weight_decay)
-  tx = optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
+    return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  tx = optax.adam(lr, b1=b1, b2=b2, eps=eps)
   if weight_decay:  # torch.optim.Adam's L2 penalty is added to the gradient before the moments.
     tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
   return tx

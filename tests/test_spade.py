@@ -6,6 +6,7 @@ compiles each program once for the loop run and the tests together.
 """
 
 import functools
+import re
 import shutil
 
 import jax
@@ -13,12 +14,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from PIL import Image
 import pytest
 
 from configs import spade as spade_config
 from facegen_jax import errors
+from facegen_jax import generate
 from facegen_jax import images as images_lib
 from facegen_jax import optim
+from facegen_jax import rundir
 from facegen_jax import train
 from facegen_jax.families import common
 from facegen_jax.families import spade
@@ -188,32 +192,72 @@ def test_epochs_become_steps_and_follow_overrides():
   spade.validate(spade_config.get_config("cpu"))
 
 
-def test_vae_step_traces_with_the_kl_term():
-  config = tiny_config("spade", **{"model.use_vae": True})
-  state = jax.eval_shape(functools.partial(spade.init_state, config), jax.random.key(0))
-  assert set(state.g_params["encoder"]) >= {"layer1", "fc_mu", "fc_var"}
-  assert set(state.spectral_stats) == {"g", "d", "e"}
-  batch = {"image": jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
-           "label": jax.ShapeDtypeStruct((4, 32, 32), jnp.int32)}
-  new_state, metrics = jax.eval_shape(functools.partial(spade.train_step, config), state, batch,
-                                      jax.random.key(1))
-  assert set(metrics) == _METRICS | {"g/kld"}
-  assert jax.tree.structure(new_state) == jax.tree.structure(state)
-
-
-def test_vgg_term_is_wired_in(tmp_path):
+def test_vgg_term_runs_in_the_step(tmp_path, first_batch):
+  """With (random) VGG19 weights the compiled step reports g/vgg, equal to the perceptual loss of G's fake."""
   from facegen_jax.nets import vgg  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   path = tmp_path / "vgg19.npz"
-  np.savez(path, **{f"{layer}/{kind}": rng.normal(0, 0.01, shape).astype(np.float32)
+  np.savez(path, **{f"{layer}/{kind}": rng.normal(0, 0.05, shape).astype(np.float32)
                     for layer, shapes in vgg.expected_shapes().items() for kind, shape in shapes.items()})
   config = tiny_config("spade", **{"loss_weights.vgg": 10.0, "vgg_weights": str(path)})
   spade.validate(config)
-  state = jax.eval_shape(functools.partial(spade.init_state, config), jax.random.key(0))
-  batch = {"image": jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
-           "label": jax.ShapeDtypeStruct((4, 32, 32), jnp.int32)}
-  _, metrics = jax.eval_shape(functools.partial(spade.train_step, config), state, batch, jax.random.key(1))
+  state = jax.jit(functools.partial(spade.init_state, config))(jax.random.key(0))
+  batch = jax.tree.map(jnp.asarray, first_batch)
+  stats = {"batch": state.batch_stats, "spectral": state.spectral_stats}
+  fake, _, _, _ = jax.jit(functools.partial(spade._generate, config))(
+      state.g_params, stats, spade._one_hot(config, batch["label"]), batch["image"], None)
+  expected = vgg.perceptual_loss(spade._vgg_params(str(path)), fake, batch["image"])
+  _, metrics = jax.jit(functools.partial(spade.train_step, config))(state, batch, jax.random.key(1))
   assert set(metrics) == _METRICS | {"g/vgg"}
+  assert float(metrics["g/vgg"]) == pytest.approx(float(expected), rel=1e-4)
+  assert float(metrics["g/vgg"]) > 0
+  total = sum(float(metrics[f"g/{k}"]) * config.loss_weights[k] for k in ("gan", "feat", "vgg"))
+  assert float(metrics["g/loss"]) == pytest.approx(total, rel=1e-5)
+
+
+def _write_label_pngs(directory, labels) -> list:
+  directory.mkdir(parents=True, exist_ok=True)
+  paths = [directory / f"face{i}.png" for i in range(len(labels))]
+  for path, label in zip(paths, labels):
+    Image.fromarray(np.asarray(label, np.uint8)).save(path)
+  return paths
+
+
+def test_vae_step_runs_and_style_images_steer_generation(first_batch, tmp_path):
+  """use_vae: two compiled steps move the encoder and report a finite KL; the saved run directory then
+  generates, and the style image (through the encoder) changes the output while the seed fixes it."""
+  config = tiny_config("spade", **{"model.use_vae": True})
+  spade.validate(config)
+  state = jax.jit(functools.partial(spade.init_state, config))(jax.random.key(0))
+  before = _copy(state.g_params["encoder"])
+  step = jax.jit(functools.partial(spade.train_step, config))
+  batch = jax.tree.map(jnp.asarray, first_batch)
+  for i in range(2):
+    state, metrics = step(state, batch, jax.random.key(i))
+  assert set(metrics) == _METRICS | {"g/kld"}
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  assert float(metrics["g/kld"]) > 0
+  after = _copy(state.g_params["encoder"])
+  moved = {jax.tree_util.keystr(path): not np.array_equal(old, new) for (path, old), new in zip(
+      jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after))}
+  assert all(moved.values()), moved
+
+  rundir.save_state(tmp_path / "vae", config, state, step=2)
+  labels = _write_label_pngs(tmp_path / "labels", first_batch["label"][:2])
+  styles = []
+  for i in range(2):
+    styles.append(tmp_path / f"style{i}.png")
+    Image.fromarray(images_lib.to_uint8(first_batch["image"][i])).save(styles[-1])
+  outputs = {}
+  for name, style, seed in (("a", styles[0], 0), ("a_again", styles[0], 0), ("b", styles[1], 0),
+                            ("a_seed1", styles[0], 1)):
+    generate.run(str(tmp_path / "vae"), str(tmp_path / name), labels=str(labels[0].parent), style=str(style),
+                 seed=seed, save_raw=True)
+    outputs[name] = np.load(tmp_path / name / "face0.npy")
+  np.testing.assert_array_equal(outputs["a"], outputs["a_again"])
+  scale = np.abs(outputs["a"]).max()  # ~1e-3: the 0.02-gain init after two steps.
+  assert np.abs(outputs["a"] - outputs["b"]).max() > 1e-3 * scale
+  assert np.abs(outputs["a"] - outputs["a_seed1"]).max() > 1e-3 * scale
 
 
 def test_label_palette_has_distinct_colours():
@@ -268,3 +312,61 @@ def test_training_matches_class_colours(run, programs, first_batch):
     errors_by_state.append(_class_colour_error(first_batch["label"], fake, first_batch["image"]))
   before, after = errors_by_state
   assert after < 0.7 * before, (before, after)
+
+
+def test_generate_writes_eval_mode_images_for_label_maps(run, first_batch, tmp_path):
+  """generate: one PNG (+ .npy) per label map, from G in eval mode on the latest checkpoint (batches padded), the
+  PNG the rounded .npy; label maps of another size are resized (nearest) to the crop size."""
+  config, workdir, trained = run
+  labels = first_batch["label"]
+  _write_label_pngs(tmp_path / "labels", labels)
+  written = generate.run(str(workdir), str(tmp_path / "out"), labels=str(tmp_path / "labels"), batch_size=3,
+                         save_raw=True)
+  assert [p.name for p in written] == [f"face{i}.png" for i in range(4)]
+  generate_fn = jax.jit(functools.partial(spade.generate, config))
+  expected = generate_fn(trained, {"label": jnp.asarray(labels)}, jax.random.key(0))["generated"]
+  for i, path in enumerate(written):
+    raw = np.load(path.with_suffix(".npy"))
+    assert raw.shape == (32, 32, 3) and np.abs(raw).max() <= 1.0
+    np.testing.assert_allclose(raw, expected[i], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), images_lib.to_uint8(raw))
+  # Eval mode uses the running statistics: the trained generator's colours still follow the labels.
+  init_state = jax.jit(functools.partial(spade.init_state, config))(jax.random.key(0))
+  init_fake = generate_fn(init_state, {"label": jnp.asarray(labels)}, jax.random.key(0))["generated"]
+  before = _class_colour_error(labels, init_fake, first_batch["image"])
+  after = _class_colour_error(labels, expected, first_batch["image"])
+  assert after < 0.8 * before, (before, after)
+
+  big = np.asarray(Image.fromarray(np.asarray(labels[0], np.uint8)).resize((64, 64), Image.Resampling.NEAREST))
+  _write_label_pngs(tmp_path / "big", [big])
+  [path] = generate.run(str(workdir), str(tmp_path / "out_big"), labels=str(tmp_path / "big" / "face0.png"))
+  assert np.asarray(Image.open(path)).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_labels", "give --labels"),
+    ("bad_values", "label values {19, 200} outside"),
+    ("rgb_label", "not a single channel"),
+    ("missing_dir", "does not exist"),
+    ("style_without_vae", "use_vae"),
+    ("bad_step", "no checkpoint for step 7"),
+])
+def test_generate_input_errors_name_the_problem(run, tmp_path, case, message):
+  _, workdir, _ = run
+  label = np.zeros((32, 32), np.uint8)
+  options = {"labels": str(tmp_path / "labels")}
+  if case == "bad_values":
+    label[0, :2] = (19, 200)
+  _write_label_pngs(tmp_path / "labels", [label])
+  if case == "rgb_label":
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "labels" / "face0.png")
+  elif case == "no_labels":
+    options = {}
+  elif case == "style_without_vae":
+    options["style"] = str(tmp_path / "labels" / "face0.png")
+  elif case == "bad_step":
+    options["step"] = 7
+  elif case == "missing_dir":
+    workdir = tmp_path / "nowhere"
+  with pytest.raises(errors.UserError, match=re.escape(message)):
+    generate.run(str(workdir), str(tmp_path / "out"), **options)
