@@ -151,13 +151,13 @@ def _host_batch_to_global(batch: dict, sharding: NamedSharding) -> dict:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def _sample_inputs(family, config, mesh):
+def _sample_inputs(family, config, mesh, source):
   """Fixed sample inputs, the same on every process and after every restart: the first batch of a fresh,
   unsharded iterator and a key derived from the seed."""
   input_config = ml_collections.ConfigDict(config.input.to_dict())
   input_config.worker_count = 0
   iterator = pipeline.create_train_iterator(input_config, seed=config.seed + 1,
-                                            global_batch_size=config.num_sample_images)
+                                            global_batch_size=config.num_sample_images, source=source)
   batch = next(iterator)
   inputs = family.sample_inputs(config, jax.random.key(config.seed + 2), batch)
   replicated = NamedSharding(mesh, P())
@@ -212,11 +212,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   mesh = create_mesh()
   logging.info("Devices: %d (%s) in %d process(es); mesh %s", jax.device_count(), jax.default_backend(),
                jax.process_count(), dict(mesh.shape))
-  logging.info("Data: %s", pipeline.describe(config.input))
+  source = pipeline.create_source(config.input)  # Built once: a folder source scans its directory.
+  logging.info("Data: %s", pipeline.describe(config.input, source))
 
   train_iter = pipeline.create_train_iterator(
       config.input, seed=config.seed, global_batch_size=config.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(), source=source)
 
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   init_fn = functools.partial(family.init_state, config)
@@ -249,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   step_fn = jit_train_step(family, config, train_key, state_sharding, batch_sharding)
   sample_fn = jax.jit(functools.partial(family.sample, config), out_shardings=NamedSharding(mesh, P()))
-  sample_inputs = _sample_inputs(family, config, mesh)
+  sample_inputs = _sample_inputs(family, config, mesh, source)
 
   writer = metric_writers.create_default_writer(
       str(paths.tensorboard), just_logging=jax.process_index() > 0, asynchronous=True)

@@ -153,10 +153,12 @@ def _stream_seeds(seed: int) -> tuple[int, int]:
 
 
 def create_dataset(input_config, *, seed: int, local_batch_size: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.IterDataset:
-  """This process's infinite stream of batches (see the module docstring for how records are assigned)."""
+                   process_count: int = 1, source=None) -> grain.IterDataset:
+  """This process's infinite stream of batches (see the module docstring for how records are assigned).
+
+  `source`: the configured source if already built (a folder source scans its directory when built)."""
   c = input_config
-  source = create_source(c)
+  source = create_source(c) if source is None else source
   shuffle_seed, augment_seed = _stream_seeds(seed)
   ds = grain.MapDataset.source(source)
   if c.shuffle:
@@ -190,7 +192,7 @@ def _use_flag_defaults_if_unparsed() -> None:
 
 
 def create_train_iterator(input_config: ml_collections.ConfigDict, *, seed: int, global_batch_size: int,
-                          process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+                          process_index: int = 0, process_count: int = 1, source=None) -> grain.DatasetIterator:
   """An infinite iterator over this process's share (global_batch_size // process_count) of each batch.
 
   Batches are dicts: "image" float32 (B, H, W, 3) in [-1, 1]; "label" int32 (B, H, W) if the source has
@@ -203,14 +205,14 @@ def create_train_iterator(input_config: ml_collections.ConfigDict, *, seed: int,
   if not 0 <= process_index < process_count:
     raise ConfigError(f"process_index {process_index} is outside [0, {process_count})")
   dataset = create_dataset(input_config, seed=seed, local_batch_size=global_batch_size // process_count,
-                           process_index=process_index, process_count=process_count)
+                           process_index=process_index, process_count=process_count, source=source)
   return iter(dataset)
 
 
-def describe(input_config) -> str:
+def describe(input_config, source=None) -> str:
   """One line for the log: source, size, resolution and augmentation."""
   c = input_config
-  source = create_source(c)
+  source = create_source(c) if source is None else source
   if c.source == "synthetic":
     where = f"synthetic {c.synthetic.domain} faces (seed {c.synthetic.seed})"
   elif c.source == "folder":
