@@ -188,3 +188,67 @@ def test_auto_uses_the_phase_formulation_on_cpu():
 def test_unknown_impl_raises():
   with pytest.raises(ValueError, match="impl must be one of"):
     conv.conv_transpose(jnp.ones((1, 2, 2, 1)), jnp.ones((3, 3, 1, 1)), 2, "SAME", impl="fast")
+
+
+# (kernel, stride, padding, in, out, input height/width, batch) for the im2col lowering.
+IM2COL_CASES = [
+    ((1, 1), 1, "VALID", 3, 4, (5, 6), 2),  # A 1x1 conv: the matmul alone.
+    ((3, 3), 1, "SAME", 3, 4, (5, 7), 2),
+    ((3, 3), 1, "SAME", 4, 3, (7, 5), 1),  # Batch 1, odd sizes.
+    ((4, 4), 1, ((2, 2), (2, 2)), 3, 2, (5, 5), 2),  # The SPADE discriminator's stride-1 layers.
+    ((4, 4), 2, ((2, 2), (2, 2)), 3, 2, (9, 8), 1),  # Its stride-2 layers.
+    ((3, 3), 2, ((1, 1), (1, 1)), 2, 3, (7, 6), 2),  # The VAE encoder's.
+    ((5, 3), (3, 2), ((2, -1), (0, 1)), 2, 3, (9, 7), 1),  # Asymmetric, cropping.
+]
+
+
+def _lax_and_im2col(case, dtype):
+  kernel, stride, padding, c_in, c_out, hw, batch = case
+  x = _random_like(jax.ShapeDtypeStruct((batch,) + hw + (c_in,), dtype), 0, dtype)
+  k = _random_like(jax.ShapeDtypeStruct(kernel + (c_in, c_out), dtype), 1, dtype)
+  strides = conv._pair(stride)
+  pads = padding if isinstance(padding, str) else list(padding)
+
+  def reference(x, k):
+    return jax.lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  dy = _random_like(jax.eval_shape(reference, x, k), 2, dtype)
+  def value_and_grads(f):
+    y, pullback = jax.vjp(f, x, k)
+    return y, pullback(dy)
+
+  expected = jax.jit(lambda: value_and_grads(reference))()
+  actual = jax.jit(lambda: value_and_grads(lambda x, k: conv.conv(x, k, stride, padding, impl="im2col")))()
+  return expected, actual
+
+
+@pytest.mark.parametrize("case", IM2COL_CASES)
+def test_im2col_matches_lax_float32(case):
+  _assert_close(*_lax_and_im2col(case, jnp.float32), rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", IM2COL_CASES)
+def test_im2col_matches_lax_float64(case):
+  with jax.enable_x64(True):
+    _assert_close(*_lax_and_im2col(case, jnp.float64), rtol=1e-12)
+
+
+def test_im2col_module_is_flax():
+  # Same parameters, same function as nn.Conv, gradients included.
+  case = ((4, 4), 1, ((2, 2), (2, 2)), 3, 5, (6, 5), True)
+  _assert_close(*_compare("conv", case, jnp.float32, impl="im2col"), rtol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_auto_uses_im2col_for_conv_on_cpu(stride):
+  assert jax.default_backend() == "cpu" and conv._conv_impl("auto") == "im2col"
+  x, kernel = jnp.ones((1, 8, 8, 3)), jnp.ones((4, 4, 3, 2))
+  fn = lambda x, k: conv.conv(x, k, stride, ((2, 2), (2, 2)))
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, k: fn(x, k).sum(), (0, 1)))(x, kernel))
+  assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+
+
+def test_im2col_is_not_a_conv_transpose_impl():
+  with pytest.raises(ValueError, match="for conv_transpose"):
+    conv.conv_transpose(jnp.ones((1, 2, 2, 1)), jnp.ones((3, 3, 1, 1)), 2, "SAME", impl="im2col")
+

@@ -1,4 +1,4 @@
-"""2-D convolutions whose gradients are fast on XLA:CPU; drop-ins for flax's `ConvTranspose` and `Conv`.
+"""2-D convolutions fast on XLA:CPU, gradients included; drop-ins for flax's `ConvTranspose` and `Conv`.
 
 XLA:CPU differentiates `lax.conv_transpose` into a window-dilated convolution for the kernel gradient that runs
 15-50x slower than the forward pass (a DCGAN-64 step: 25 s instead of ~1 s). Here both layers are built from
@@ -19,6 +19,19 @@ so its gradients are `down(dy, k)` for x and `wgrad(dy, x)` for k; a strided con
 gradients `up(dy, k)` and `wgrad(z, dy)`. The results are the same linear maps as flax's, summed in another
 order: they agree to float rounding (~1e-6 relative in float32, ~1e-15 in float64).
 
+`conv` on CPU (`impl="auto"`) uses neither XLA's convolution nor the phase path but im2col: pad x, take the
+kh*kw shifted (strided) slices, concatenate them on channels and do one matmul with the kernel reshaped to
+(kh*kw*C_in, C_out); autodiff gives the gradients (slices -> pads and adds, the dot -> two dots). XLA:CPU's
+kernel gradient of a convolution whose padding exceeds the "same" amount (the SPADE discriminator's k4 p2 layers)
+is a naive loop at 1-2 GFLOP/s: one stride-1 k4 p2 256->512 layer at 17x17, batch 4, took 8.9 s fwd+bwd through
+the phase path, 0.17 s through im2col. Measured fwd+bwd on 2 shared cores (load 4-6, so noisy):
+  3x3 at 8x8, 1024->1024:      phase 302 ms,  im2col 173 ms;  at 16x16: 578 vs 597 ms;
+  3x3 at 128x128, 128->128:    phase 594 ms,  im2col 1131 ms (memory-bound: the patches are 9x the input);
+  SPADE128 G+D step, batch 4:  phase everywhere 44 s (27-63), im2col for stride 1 only 31-42 s,
+                               im2col for every conv 19-21 s.
+A custom VJP (input gradient as im2col of dy with the flipped kernel, kernel gradient as one dot) was no faster
+than autodiff (SPADE step 33-40 s vs 31-42 s), so there is none. GPU/TPU keep XLA's convolution.
+
 Not covered by the fast path (use `impl="xla"`): kernel or input dilation, feature groups, 'CIRCULAR'
 padding, inputs other than 2-D NHWC. `jax.jvp` (forward mode) is not defined through a `custom_vjp`;
 reverse mode of any order is.
@@ -38,7 +51,7 @@ from flax.linen.linear import canonicalize_padding, default_kernel_init
 from jax import lax
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-IMPLS = ("auto", "xla", "phase")
+IMPLS = ("auto", "xla", "phase", "im2col")
 
 # For `jax.jit(train_step, compiler_options=...)` on CPU. XLA:CPU (jax 0.10) hands 2-D convolutions to YNNPACK
 # by default, whose kernel-gradient convolutions run 2-4x slower than Eigen's; this keeps YNNPACK for dots and
@@ -74,8 +87,9 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _use_fast_path(impl: str) -> bool:
-  if impl not in IMPLS:
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+  """For `conv_transpose`: whether to use the phase formulation."""
+  if impl not in IMPLS or impl == "im2col":
+    raise ValueError(f"impl must be one of {IMPLS[:3]} for conv_transpose, got {impl!r}")
   if impl == "auto":
     return jax.default_backend() == "cpu"
   return impl == "phase"
@@ -262,14 +276,51 @@ def conv_transpose(x, kernel, strides=None, padding="SAME", *, precision=None, i
 
 
 def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str = "auto"):
-  """`lax.conv_general_dilated(x, kernel, strides, padding)` for NHWC x and HWIO kernel, fast on XLA:CPU."""
+  """`lax.conv_general_dilated(x, kernel, strides, padding)` for NHWC x and HWIO kernel, fast on XLA:CPU.
+
+  impl: 'auto' ('im2col' on CPU, XLA's convolution elsewhere), 'xla', 'phase' or 'im2col'.
+  """
   strides = _pair(strides)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if not _use_fast_path(impl):
-    return _down(x, kernel, strides, pads, precision)
-  return _conv_phase(x, kernel, strides, pads, _hashable(precision))
+  impl = _conv_impl(impl)
+  if impl == "im2col":
+    return _conv_im2col(x, kernel, strides, pads, precision)
+  if impl == "phase":
+    return _conv_phase(x, kernel, strides, pads, _hashable(precision))
+  return _down(x, kernel, strides, pads, precision)
+
+
+def _conv_impl(impl: str) -> str:
+  """The one place `conv` picks its lowering: im2col on CPU (see the module docstring), XLA's on GPU/TPU."""
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def _patches(x, kernel_hw, strides, pads):
+  """(N, H, W, C) -> (N, Ho, Wo, kh * kw * C): each output's input window, in the HWIO kernel's (kh, kw, C) order."""
+  (kh, kw), (sh, sw) = kernel_hw, strides
+  # lax.pad also crops, for negative padding.
+  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), pads[0] + (0,), pads[1] + (0,), (0, 0, 0)))
+  n, h, w, c = x.shape
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  if ho <= 0 or wo <= 0:
+    raise ValueError(f"conv output would be empty: padded input {x.shape}, kernel {kernel_hw}")
+  cols = [lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _conv_im2col(x, kernel, strides, pads, precision):
+  """The convolution as one matmul of the patches with the (kh * kw * C_in, C_out) kernel; plain autodiff."""
+  kh, kw, c_in, c_out = kernel.shape
+  cols = _patches(x, (kh, kw), strides, pads)
+  return lax.dot_general(cols, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ())),
+                         precision=precision)
 
 
 def _hashable(precision):
@@ -329,10 +380,10 @@ class ConvTranspose(nn.Module):
 
 
 class Conv(nn.Module):
-  """`flax.linen.Conv` for 2-D NHWC inputs, with a faster input gradient on XLA:CPU for strided kernels.
+  """`flax.linen.Conv` for 2-D NHWC inputs, fast on XLA:CPU (im2col, see `conv`).
 
-  Same attributes (a subset), parameters and function as `nn.Conv`. The forward pass and kernel gradient are
-  XLA's; the input gradient (a transposed convolution) uses the phase formulation.
+  Same attributes (a subset), parameters and function as `nn.Conv`, for every `impl` ('auto', 'xla', 'phase',
+  'im2col').
   """
 
   features: int
