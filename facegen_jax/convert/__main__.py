@@ -1,6 +1,7 @@
 """`python -m facegen_jax.convert SUBCOMMAND ...`: PyTorch checkpoints -> files facegen_jax loads, without torch.
 
   python -m facegen_jax.convert vgg19 --from vgg19-dcbb9e9d.pth --out vgg19.npz
+  python -m facegen_jax.convert inception --from pt_inception-2015-12-05-6726825d.pth --out inception.npz
   python -m facegen_jax.convert spade --checkpoint latest_net_G.pth --out runs/faceit [--encoder latest_net_E.pth]
 """
 
@@ -10,6 +11,7 @@ import argparse
 import sys
 
 from facegen_jax import errors
+from facegen_jax.convert import inception
 from facegen_jax.convert import spade
 from facegen_jax.convert import vgg19
 
@@ -17,6 +19,7 @@ from facegen_jax.convert import vgg19
 SUBCOMMANDS = {
   "vgg19": vgg19,
   "spade": spade,
+  "inception": inception,
 }
 
 

@@ -1,0 +1,1 @@
+"""FID and KID: the InceptionV3 feature network, feature extraction and the distances."""
