@@ -3,7 +3,13 @@ r"""Times one family's jitted train step and its input pipeline on this machine.
   python benchmarks/train_step.py --config configs/dcgan.py [--config.batch_size=64] [--steps 10]
 
 Prints the compile time, the median step time over --steps steps after --warmup, steps/s and images/s, and the
-input pipeline's images/s at the same batch size. The state is donated as in training.
+input pipeline's images/s at the same batch size (--input_batches 0 skips it). The state is donated as in training.
+
+SPADE128 (configs/spade.py, --config.loss_weights.vgg=0), G+D step, 2 cores shared with other jobs (load average
+3-5 while timing, so noisy; median and min of 4 steps):
+  batch 4: before (phase convs) 44 s (min 27), 0.09 images/s; after (im2col/phase, nets/conv.py) 18.4 s
+           (min 8.5), 0.22 images/s. NVlabs SPADE, torch 2.13 CPU, 2 threads: 9.23 s, 0.43 images/s.
+  batch 1: before 9.5 s (min 8.7), 0.10 images/s; after 6.1 s (min 5.4), 0.16 images/s. NVlabs SPADE: 3.13 s.
 """
 
 import functools
@@ -28,7 +34,7 @@ from input_pipeline import pipeline
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dcgan.py.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-_INPUT_BATCHES = flags.DEFINE_integer("input_batches", 20, "Batches read to time the input pipeline.")
+_INPUT_BATCHES = flags.DEFINE_integer("input_batches", 20, "Batches read to time the input pipeline; 0 skips it.")
 flags.mark_flag_as_required("config")
 
 
@@ -69,14 +75,15 @@ def main(_):
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  input_rate = _time_input(config)
+  input_rate = _time_input(config) if _INPUT_BATCHES.value else None
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
         f"{jax.default_backend()} x{jax.device_count()}")
   print(f"family {config.family}, batch {config.batch_size}, resolution {config.input.resolution}")
   print(f"compile: {compile_s:.1f} s")
   print(f"train step: median {median * 1000:.0f} ms over {len(times)} (min {min(times) * 1000:.0f}, "
         f"max {max(times) * 1000:.0f}); {1 / median:.2f} steps/s; {config.batch_size / median:.1f} images/s")
-  print(f"input pipeline: {input_rate:.0f} images/s")
+  if input_rate is not None:
+    print(f"input pipeline: {input_rate:.0f} images/s")
 
 
 if __name__ == "__main__":

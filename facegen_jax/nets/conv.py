@@ -19,18 +19,21 @@ so its gradients are `down(dy, k)` for x and `wgrad(dy, x)` for k; a strided con
 gradients `up(dy, k)` and `wgrad(z, dy)`. The results are the same linear maps as flax's, summed in another
 order: they agree to float rounding (~1e-6 relative in float32, ~1e-15 in float64).
 
-`conv` on CPU (`impl="auto"`) uses neither XLA's convolution nor the phase path but im2col: pad x, take the
-kh*kw shifted (strided) slices, concatenate them on channels and do one matmul with the kernel reshaped to
-(kh*kw*C_in, C_out); autodiff gives the gradients (slices -> pads and adds, the dot -> two dots). XLA:CPU's
-kernel gradient of a convolution whose padding exceeds the "same" amount (the SPADE discriminator's k4 p2 layers)
-is a naive loop at 1-2 GFLOP/s: one stride-1 k4 p2 256->512 layer at 17x17, batch 4, took 8.9 s fwd+bwd through
-the phase path, 0.17 s through im2col. Measured fwd+bwd on 2 shared cores (load 4-6, so noisy):
-  3x3 at 8x8, 1024->1024:      phase 302 ms,  im2col 173 ms;  at 16x16: 578 vs 597 ms;
-  3x3 at 128x128, 128->128:    phase 594 ms,  im2col 1131 ms (memory-bound: the patches are 9x the input);
-  SPADE128 G+D step, batch 4:  phase everywhere 44 s (27-63), im2col for stride 1 only 31-42 s,
-                               im2col for every conv 19-21 s.
+`conv` on CPU (`impl="auto"`, chosen in `_conv_impl`) uses im2col: pad x, take the kh*kw shifted (strided)
+slices, concatenate them on channels and do one matmul with the kernel reshaped to (kh*kw*C_in, C_out);
+autodiff gives the gradients (slices -> pads and adds, the dot -> two dots). It keeps the phase path (XLA's
+convolutions) for inputs of 32x32 and more whose padding is at most k - 1 in total. Why, measured fwd+bwd at
+batch 4 on 2 cores shared with other jobs (load average 4-6, so +-30%):
+  XLA:CPU's kernel gradient once the padding exceeds k - 1 (the SPADE discriminator's k4 p2 layers) is a naive
+  loop at 1-2 GFLOP/s: k4 p2 256->512 at 17x17 takes 8.9 s through the phase path, 0.17 s through im2col;
+  3x3 1024->1024 at 8x8:   phase 302 ms, im2col 173 ms;   at 16x16:  578 vs 597 ms;
+  3x3 512->512 at 32x32:   phase 602 ms, im2col 690 ms;   256->256 at 64x64: 474 vs 842 ms;
+  3x3 128->128 at 128x128: phase 594 ms, im2col 1131 ms (memory-bound: the patches are 9x the input);
+  k4 s2 p2 convs (D): fwd 27-29 ms (XLA) vs 100-124 ms (im2col), but beyond k - 1 padding, so im2col for dk.
+  SPADE128 G+D step at batch 4 (median/min of 4): phase everywhere 44/27 s; im2col everywhere 17.6/12.2 s;
+  this rule 18.4/8.5 s.
 A custom VJP (input gradient as im2col of dy with the flipped kernel, kernel gradient as one dot) was no faster
-than autodiff (SPADE step 33-40 s vs 31-42 s), so there is none. GPU/TPU keep XLA's convolution.
+than autodiff (SPADE step 33-40 s vs 31-42 s in one run, load 6), so there is none. GPU/TPU use XLA's.
 
 Not covered by the fast path (use `impl="xla"`): kernel or input dilation, feature groups, 'CIRCULAR'
 padding, inputs other than 2-D NHWC. `jax.jvp` (forward mode) is not defined through a `custom_vjp`;
@@ -278,13 +281,13 @@ def conv_transpose(x, kernel, strides=None, padding="SAME", *, precision=None, i
 def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str = "auto"):
   """`lax.conv_general_dilated(x, kernel, strides, padding)` for NHWC x and HWIO kernel, fast on XLA:CPU.
 
-  impl: 'auto' ('im2col' on CPU, XLA's convolution elsewhere), 'xla', 'phase' or 'im2col'.
+  impl: 'auto' (on CPU im2col or phase, see `_conv_impl`; XLA's elsewhere), 'xla', 'phase' or 'im2col'.
   """
   strides = _pair(strides)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  impl = _conv_impl(impl)
+  impl = _conv_impl(impl, kernel.shape[:2], pads, x.shape[1:3])
   if impl == "im2col":
     return _conv_im2col(x, kernel, strides, pads, precision)
   if impl == "phase":
@@ -292,13 +295,18 @@ def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str =
   return _down(x, kernel, strides, pads, precision)
 
 
-def _conv_impl(impl: str) -> str:
-  """The one place `conv` picks its lowering: im2col on CPU (see the module docstring), XLA's on GPU/TPU."""
+def _conv_impl(impl: str, kernel_hw=(3, 3), pads=((1, 1), (1, 1)), in_hw=(1, 1)) -> str:
+  """The one place `conv` picks its lowering (see the module docstring); XLA's on GPU/TPU."""
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-  if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
-  return impl
+  if impl != "auto":
+    return impl
+  if jax.default_backend() != "cpu":
+    return "xla"
+  # XLA's kernel gradient is a naive loop once the padding exceeds k - 1; its convolutions beat im2col's
+  # memory traffic from 32x32 inputs up.
+  beyond_same = any(lo + hi > k - 1 for k, (lo, hi) in zip(kernel_hw, pads))
+  return "phase" if not beyond_same and in_hw[0] * in_hw[1] >= 32 * 32 else "im2col"
 
 
 def _patches(x, kernel_hw, strides, pads):
