@@ -152,6 +152,14 @@ def read(source) -> dict[str, np.ndarray]:
   return convert_state_dict(torch_reader.load_state_dict(source), source)
 
 
+def _sha256(path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
 def download(path, url=FID_WEIGHTS_URL, sha256=FID_WEIGHTS_SHA256) -> None:
   """Fetches pytorch-fid's weights to `path`, refusing a file whose SHA-256 differs."""
   digest = hashlib.sha256()
@@ -183,7 +191,7 @@ def run(args) -> None:
   source = args.source
   if args.download:
     source = os.path.join(os.path.dirname(os.path.abspath(args.out)), os.path.basename(FID_WEIGHTS_URL))
-    if not os.path.isfile(source):
+    if not os.path.isfile(source) or _sha256(source) != FID_WEIGHTS_SHA256:
       download(source)
   convert(source, args.out)
   print(f"wrote {args.out}: FID InceptionV3 ({len(_layers())} convolutions) from {source}")

