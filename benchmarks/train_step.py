@@ -7,9 +7,9 @@ input pipeline's images/s at the same batch size (--input_batches 0 skips it). T
 
 SPADE128 (configs/spade.py, --config.loss_weights.vgg=0), G+D step, 2 cores shared with other jobs (load average
 3-5 while timing, so noisy; median and min of 4 steps):
-  batch 4: before (phase convs) 44 s (min 27), 0.09 images/s; after (im2col/phase, nets/conv.py) 18.4 s
-           (min 8.5), 0.22 images/s. NVlabs SPADE, torch 2.13 CPU, 2 threads: 9.23 s, 0.43 images/s.
-  batch 1: before 9.5 s (min 8.7), 0.10 images/s; after 6.1 s (min 5.4), 0.16 images/s. NVlabs SPADE: 3.13 s.
+  batch 4: before (phase convs) 44 s (min 27), 0.09 images/s; after (im2col convs, nets/conv.py) 17.6 s
+           (min 12.2), 0.23 images/s. NVlabs SPADE, torch 2.13 CPU, 2 threads: 9.23 s, 0.43 images/s.
+  batch 1: before 9.5 s (min 8.7), 0.10 images/s; after 7.5 s (min 6.6), 0.13 images/s. NVlabs SPADE: 3.13 s.
 """
 
 import functools

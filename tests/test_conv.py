@@ -241,10 +241,7 @@ def test_im2col_module_is_flax():
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_auto_uses_im2col_for_conv_on_cpu(stride):
-  assert jax.default_backend() == "cpu"
-  assert conv._conv_impl("auto", (3, 3), ((1, 1), (1, 1)), (8, 8)) == "im2col"
-  assert conv._conv_impl("auto", (3, 3), ((1, 1), (1, 1)), (32, 32)) == "phase"  # XLA's conv is fine there.
-  assert conv._conv_impl("auto", (4, 4), ((2, 2), (2, 2)), (64, 64)) == "im2col"  # XLA's dk is not.
+  assert jax.default_backend() == "cpu" and conv._conv_impl("auto") == "im2col"
   x, kernel = jnp.ones((1, 8, 8, 3)), jnp.ones((4, 4, 3, 2))
   fn = lambda x, k: conv.conv(x, k, stride, ((2, 2), (2, 2)))
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, k: fn(x, k).sum(), (0, 1)))(x, kernel))

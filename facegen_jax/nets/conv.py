@@ -21,17 +21,17 @@ order: they agree to float rounding (~1e-6 relative in float32, ~1e-15 in float6
 
 `conv` on CPU (`impl="auto"`, chosen in `_conv_impl`) uses im2col: pad x, take the kh*kw shifted (strided)
 slices, concatenate them on channels and do one matmul with the kernel reshaped to (kh*kw*C_in, C_out);
-autodiff gives the gradients (slices -> pads and adds, the dot -> two dots). It keeps the phase path (XLA's
-convolutions) for inputs of 32x32 and more whose padding is at most k - 1 in total. Why, measured fwd+bwd at
+autodiff gives the gradients (slices -> pads and adds, the dot -> two dots). Why, measured fwd+bwd at
 batch 4 on 2 cores shared with other jobs (load average 4-6, so +-30%):
   XLA:CPU's kernel gradient once the padding exceeds k - 1 (the SPADE discriminator's k4 p2 layers) is a naive
   loop at 1-2 GFLOP/s: k4 p2 256->512 at 17x17 takes 8.9 s through the phase path, 0.17 s through im2col;
   3x3 1024->1024 at 8x8:   phase 302 ms, im2col 173 ms;   at 16x16:  578 vs 597 ms;
   3x3 512->512 at 32x32:   phase 602 ms, im2col 690 ms;   256->256 at 64x64: 474 vs 842 ms;
   3x3 128->128 at 128x128: phase 594 ms, im2col 1131 ms (memory-bound: the patches are 9x the input);
-  k4 s2 p2 convs (D): fwd 27-29 ms (XLA) vs 100-124 ms (im2col), but beyond k - 1 padding, so im2col for dk.
+  k4 s2 p2 convs (D, batch 8): fwd 27-29 ms (XLA) vs 100-124 ms (im2col), dk 26-52 vs 52-157 ms;
   SPADE128 G+D step at batch 4 (median/min of 4): phase everywhere 44/27 s; im2col everywhere 17.6/12.2 s;
-  this rule 18.4/8.5 s.
+  XLA's convs (phase) for inputs >= 32x32 with padding <= k - 1, im2col otherwise: 18.4/8.5 s (no better
+  median, so the simpler rule stays).
 A custom VJP (input gradient as im2col of dy with the flipped kernel, kernel gradient as one dot) was no faster
 than autodiff (SPADE step 33-40 s vs 31-42 s in one run, load 6), so there is none. GPU/TPU use XLA's.
 
@@ -287,7 +287,7 @@ def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str =
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  impl = _conv_impl(impl, kernel.shape[:2], pads, x.shape[1:3])
+  impl = _conv_impl(impl)
   if impl == "im2col":
     return _conv_im2col(x, kernel, strides, pads, precision)
   if impl == "phase":
@@ -295,18 +295,13 @@ def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str =
   return _down(x, kernel, strides, pads, precision)
 
 
-def _conv_impl(impl: str, kernel_hw=(3, 3), pads=((1, 1), (1, 1)), in_hw=(1, 1)) -> str:
-  """The one place `conv` picks its lowering (see the module docstring); XLA's on GPU/TPU."""
+def _conv_impl(impl: str) -> str:
+  """The one place `conv` picks its lowering: im2col on CPU (see the module docstring), XLA's on GPU/TPU."""
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-  if impl != "auto":
-    return impl
-  if jax.default_backend() != "cpu":
-    return "xla"
-  # XLA's kernel gradient is a naive loop once the padding exceeds k - 1; its convolutions beat im2col's
-  # memory traffic from 32x32 inputs up.
-  beyond_same = any(lo + hi > k - 1 for k, (lo, hi) in zip(kernel_hw, pads))
-  return "phase" if not beyond_same and in_hw[0] * in_hw[1] >= 32 * 32 else "im2col"
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return impl
 
 
 def _patches(x, kernel_hw, strides, pads):
