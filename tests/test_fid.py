@@ -82,7 +82,8 @@ def test_frechet_distance_matches_direct_formula():
   mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
   # Tr sqrt(s1 s2) = Tr sqrt(r s2 r) with r = sqrt(s1), a symmetric PSD matrix: sum of sqrt of its eigenvalues.
   r = scipy.linalg.sqrtm(s1).real
-  expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(np.linalg.eigvalsh(r @ s2 @ r)))
+  tr_covmean = np.sum(np.sqrt(np.linalg.eigvalsh(r @ s2 @ r)))
+  expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean
   assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
   assert fid.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-9)
 
@@ -211,7 +212,8 @@ def test_convert_cli_reads_a_pth_and_reports_errors(tmp_path, capsys):
   arrays = _random_npz(tmp_path / "w.npz")
   sd = _torchvision_state_dict(arrays, np.random.default_rng(7))
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "pt_inception.pth")
-  assert convert_main(["inception", "--from", str(tmp_path / "pt_inception.pth"), "--out", str(tmp_path / "o.npz")]) == 0
+  pth, out = str(tmp_path / "pt_inception.pth"), str(tmp_path / "o.npz")
+  assert convert_main(["inception", "--from", pth, "--out", out]) == 0
   loaded = inception.load_params(tmp_path / "o.npz")
   for name, value in inception.flatten(loaded).items():
     np.testing.assert_array_equal(value, arrays[name], err_msg=name)
