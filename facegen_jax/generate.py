@@ -29,16 +29,6 @@ from facegen_jax import rundir
 from input_pipeline import sources
 from input_pipeline import transforms
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run or a converter's output directory.")
-_OUT = flags.DEFINE_string("out", None, "Directory for the generated PNGs (created).")
-_LABELS = flags.DEFINE_string("labels", None, "SPADE: a parsing-map PNG or a directory of them.")
-_STYLE = flags.DEFINE_string("style", None, "SPADE with use_vae: an image whose style the outputs take.")
-_NUM = flags.DEFINE_integer("num", 16, "DCGAN: how many images.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for noise (DCGAN's z, SPADE's VAE noise).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per generator call.")
-_SAVE_RAW = flags.DEFINE_bool("save_raw", False, "Also write the float outputs in [-1, 1] as .npy files.")
-flags.mark_flags_as_required(["workdir", "out"])
 
 _LABEL_EXTENSIONS = (".png",)
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -149,16 +139,33 @@ def run(workdir: str, out: str, *, step: int | None = None, seed: int = 0, batch
   return written
 
 
+def _define_flags() -> None:
+  """Defined only when run as a program, so importing this module beside other commands (tests, evaluate) does
+  not clash over absl's global flag names."""
+  flags.DEFINE_string("workdir", None, "A training run or a converter's output directory.")
+  flags.DEFINE_string("out", None, "Directory for the generated PNGs (created).")
+  flags.DEFINE_string("labels", None, "SPADE: a parsing-map PNG or a directory of them.")
+  flags.DEFINE_string("style", None, "SPADE with use_vae: an image whose style the outputs take.")
+  flags.DEFINE_integer("num", 16, "DCGAN: how many images.")
+  flags.DEFINE_integer("seed", 0, "Seed for noise (DCGAN's z, SPADE's VAE noise).")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+  flags.DEFINE_integer("batch_size", 8, "Images per generator call.")
+  flags.DEFINE_bool("save_raw", False, "Also write the float outputs in [-1, 1] as .npy files.")
+  flags.mark_flags_as_required(["workdir", "out"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    run(_WORKDIR.value, _OUT.value, step=_STEP.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
-        save_raw=_SAVE_RAW.value, labels=_LABELS.value, style=_STYLE.value, num=_NUM.value)
+    f = flags.FLAGS
+    run(f.workdir, f.out, step=f.step, seed=f.seed, batch_size=f.batch_size, save_raw=f.save_raw,
+        labels=f.labels, style=f.style, num=f.num)
   except errors.UserError as e:
     print(f"facegen_jax.generate: error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
