@@ -159,10 +159,22 @@ _SPADE_WELL_CONDITIONED = {"model.crop_size": 64, "input.resolution": 64, "g_opt
                            "g_opt.lr": 1e-2, "d_opt.lr": 1e-2}
 
 
-# SPADE's tolerance: 3 GAN steps drift a few 1e-5 apart; per-device (not global) batch statistics at one example
-# per device would differ by O(1).
-@pytest.mark.parametrize("family, overrides, atol", [("dcgan", {}, 1e-5), ("spade", _SPADE_WELL_CONDITIONED, 1e-4)])
-def test_eight_devices_match_one(tmp_path, family, overrides, atol):
+def _assert_close_elementwise(a, b, name):
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def _assert_close_in_norm(a, b, name):
+  """Per tensor, |a - b| <= 1e-3 |a| (+ 1e-5 per element): 3 SPADE steps drift apart by rounding (measured: at
+  most 4.3e-4 |a|, in the last conv's Adam moment, whose largest elements are 1.5e-4 apart; 0.4 of the bound),
+  while per-device (not global) batch statistics at one example per device would differ by O(1)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  diff, bound = np.linalg.norm(a - b), 1e-3 * np.linalg.norm(a) + 1e-5 * np.sqrt(a.size)
+  assert diff <= bound, f"{name}: |a - b| = {diff:.3g} > {bound:.3g} (|a| = {np.linalg.norm(a):.3g})"
+
+
+@pytest.mark.parametrize("family, overrides, assert_close", [("dcgan", {}, _assert_close_elementwise),
+                                                             ("spade", _SPADE_WELL_CONDITIONED, _assert_close_in_norm)])
+def test_eight_devices_match_one(tmp_path, family, overrides, assert_close):
   dumps = {}
   for devices in (1, 8):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
@@ -173,7 +185,7 @@ def test_eight_devices_match_one(tmp_path, family, overrides, atol):
     dumps[devices] = np.load(out)
   assert len(dumps[1].files) == len(dumps[8].files)
   for name in dumps[1].files:
-    np.testing.assert_allclose(dumps[1][name], dumps[8][name], rtol=1e-4, atol=atol, err_msg=name)
+    assert_close(dumps[1][name], dumps[8][name], name)
 
 
 def _nan_at_step_3(config, state, batch, rng):
