@@ -128,10 +128,10 @@ def test_zip_format_converts_to_the_same_arrays(converted):
 
 
 def test_missing_or_wrong_weights_say_how_to_convert(converted, tmp_path, capsys):
-  with pytest.raises(DataError, match=r"nowhere\.npz do not exist.*python -m facegen_jax\.convert vgg19 --from"):
+  with pytest.raises(DataError, match=r"nowhere\.npz not found.*python -m facegen_jax\.convert vgg19 --from"):
     vgg.load_params(tmp_path / "nowhere.npz")
   (tmp_path / "junk.npz").write_bytes(b"not a zip")
-  with pytest.raises(DataError, match=r"junk\.npz are not a readable \.npz.*facegen_jax\.convert vgg19"):
+  with pytest.raises(DataError, match=r"junk\.npz is not a readable \.npz.*facegen_jax\.convert vgg19"):
     vgg.load_params(tmp_path / "junk.npz")
   np.savez(tmp_path / "partial.npz", **{"conv1_1/kernel": np.zeros((3, 3, 3, 64), np.float32)})
   with pytest.raises(DataError, match=r"conv1_1/bias is missing"):

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 
 import numpy as np
 
+from facegen_jax import npz
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import DataError
 from facegen_jax.metrics import inception
@@ -199,13 +199,4 @@ def run(args) -> None:
 
 def convert(source, out) -> None:
   arrays = read(source)
-  out = os.fspath(out)
-  # Write beside the target and rename, so an interrupted run never leaves a truncated .npz behind.
-  fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=os.path.dirname(os.path.abspath(out)))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, out)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  npz.write(out, arrays)

@@ -9,11 +9,10 @@ and `conv{b}_{i}/bias`. The file torchvision downloads is in torch's legacy (pre
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import numpy as np
 
+from facegen_jax import npz
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import DataError
 from facegen_jax.nets import vgg
@@ -50,13 +49,4 @@ def convert_state_dict(state_dict, source="the state_dict") -> dict[str, np.ndar
 
 def convert(source, out) -> None:
   arrays = convert_state_dict(torch_reader.load_state_dict(source), source)
-  out = os.fspath(out)
-  # Write beside the target and rename, so an interrupted run never leaves a truncated .npz behind.
-  fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=os.path.dirname(os.path.abspath(out)))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, out)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  npz.write(out, arrays)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import zipfile
 from typing import Iterable
 
 import jax
@@ -25,6 +23,7 @@ import numpy as np
 import scipy.linalg
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from facegen_jax import npz
 from facegen_jax.errors import ConfigError, DataError
 from facegen_jax.metrics import inception
 from facegen_jax.nets import conv
@@ -120,21 +119,11 @@ class Statistics:
     arrays = {"mu": self.mu, "sigma": self.sigma, "count": np.int64(self.count)}
     if self.features is not None:
       arrays["features"] = self.features
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.npz"  # complete or absent: a reused cache must never be a truncated file
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    npz.write(path, arrays)  # complete or absent: a reused cache must never be a truncated file
 
   @classmethod
   def load(cls, path) -> "Statistics":
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-      raise DataError(f"statistics file {path} does not exist")
-    try:
-      with np.load(path, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-      raise DataError(f"statistics file {path} is not a readable .npz ({e})") from e
+    arrays = npz.read(path, "statistics file")
     mu, sigma = arrays.get("mu"), arrays.get("sigma")
     if mu is None or sigma is None or mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
       raise DataError(f"statistics file {path} has no mu (d,) and sigma (d, d): not FID statistics")

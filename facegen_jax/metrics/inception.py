@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-import zipfile
 
 import flax.linen as nn
 import jax
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from facegen_jax.errors import DataError
+from facegen_jax import npz
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -239,18 +238,5 @@ def load_params(path) -> dict:
   """
   path = os.fspath(path)
   fix = f"convert the FID Inception weights with `{CONVERT_COMMAND.format(path=path)}`"
-  if not os.path.isfile(path):
-    raise DataError(f"Inception weights {path} do not exist: {fix}")
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      arrays = {key: npz[key] for key in npz.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f"Inception weights {path} are not a readable .npz ({e}): {fix}") from e
-  flat = {}
-  for name, shape in expected_shapes().items():
-    value = arrays.get(name)
-    if value is None or value.shape != shape:
-      found = "missing" if value is None else f"of shape {value.shape}"
-      raise DataError(f"Inception weights {path}: {name} is {found}, expected shape {shape}: {fix}")
-    flat[name] = value.astype(np.float32)
-  return unflatten(flat)
+  arrays = npz.read(path, "Inception weights", fix)
+  return unflatten(npz.expected(arrays, expected_shapes(), path, "Inception weights", fix))

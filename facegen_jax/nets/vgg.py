@@ -17,14 +17,13 @@ keys are `conv1_1/kernel`, `conv1_1/bias`, ...
 from __future__ import annotations
 
 import os
-import zipfile
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from facegen_jax.errors import DataError
+from facegen_jax import npz
 
 # (channels, convolutions) per block, as far as relu5_1: torchvision's configuration "E" without the last
 # three convolutions and the last pool, which SPADE's slices never reach.
@@ -84,20 +83,10 @@ def load_params(path) -> dict[str, dict[str, np.ndarray]]:
   """The .npz written by `python -m facegen_jax.convert vgg19` as VGG19Features parameters (float32 numpy)."""
   path = os.fspath(path)
   fix = f"convert torchvision's VGG19 weights with `{CONVERT_COMMAND.format(path=path)}`"
-  if not os.path.isfile(path):
-    raise DataError(f"VGG19 weights {path} do not exist: {fix}")
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      arrays = {key: npz[key] for key in npz.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f"VGG19 weights {path} are not a readable .npz ({e}): {fix}") from e
+  shapes = {f"{layer}/{kind}": shape for layer, kinds in expected_shapes().items() for kind, shape in kinds.items()}
+  flat = npz.expected(npz.read(path, "VGG19 weights", fix), shapes, path, "VGG19 weights", fix)
   params = {}
-  for layer, shapes in expected_shapes().items():
-    params[layer] = {}
-    for kind, shape in shapes.items():
-      value = arrays.get(f"{layer}/{kind}")
-      if value is None or value.shape != shape:
-        found = "missing" if value is None else f"of shape {value.shape}"
-        raise DataError(f"VGG19 weights {path}: {layer}/{kind} is {found}, expected shape {shape}: {fix}")
-      params[layer][kind] = value.astype(np.float32)
+  for name, value in flat.items():
+    layer, kind = name.split("/")
+    params.setdefault(layer, {})[kind] = value
   return params
