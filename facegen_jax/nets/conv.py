@@ -35,9 +35,10 @@ batch 4 on 2 cores shared with other jobs (load average 4-6, so +-30%):
 A custom VJP (input gradient as im2col of dy with the flipped kernel, kernel gradient as one dot) was no faster
 than autodiff (SPADE step 33-40 s vs 31-42 s in one run, load 6), so there is none. GPU/TPU use XLA's.
 
-Not covered by the fast path (use `impl="xla"`): kernel or input dilation, feature groups, 'CIRCULAR'
-padding, inputs other than 2-D NHWC. `jax.jvp` (forward mode) is not defined through a `custom_vjp`;
-reverse mode of any order is.
+Not covered by the fast paths (use `impl="xla"`): kernel or input dilation, feature groups, 'CIRCULAR'
+padding, inputs other than 2-D NHWC. `jax.jvp` (forward mode) works through im2col (plain autodiff) but not
+through the phase path's `custom_vjp` (`impl="phase"`, `ConvTranspose` on CPU); reverse mode of any order works
+through both.
 """
 
 from __future__ import annotations
