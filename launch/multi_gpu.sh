@@ -16,6 +16,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "${REPO}/launch/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -33,33 +35,6 @@ options:
 EOF
 }
 
-die_usage() {
-  echo "multi_gpu.sh: $1" >&2
-  echo "run launch/multi_gpu.sh --help for the options" >&2
-  exit 2
-}
-
-# Shell-quotes one word so printed commands can be pasted back: bare when safe, else in double quotes when
-# nothing in it is special there, else shlex-style.
-quote() {
-  local squote="'" special='["$`\\!]'
-  if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ ! "$1" =~ ${special} ]]; then
-    printf '"%s"' "$1"
-  else
-    printf "'%s'" "${1//${squote}/${squote}\"${squote}\"${squote}}"
-  fi
-}
-
-quote_all() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(quote "${word}")"
-  done
-  printf '%s' "${out}"
-}
-
 visible_devices=""
 mem_fraction=""
 preallocate=true
@@ -67,23 +42,10 @@ dry_run=false
 main_args=()
 
 while [[ $# -gt 0 ]]; do
-  option="$1"
-  value=""
-  has_value=false
-  if [[ "${option}" == --*=* ]]; then
-    value="${option#*=}"
-    option="${option%%=*}"
-    has_value=true
-  fi
+  next_option "$@"
   case "${option}" in
     --gpus | --gpu-ids | --mem-fraction)
-      if [[ "${has_value}" == false ]]; then
-        if [[ $# -lt 2 || "$2" == --* ]]; then
-          die_usage "option ${option} needs a value"
-        fi
-        value="$2"
-        shift
-      fi
+      option_value "$@"
       case "${option}" in
         --gpus)
           [[ "${value}" =~ ^[1-9][0-9]*$ ]] || die_usage "option --gpus needs a positive number, got '${value}'"
@@ -101,7 +63,7 @@ while [[ $# -gt 0 ]]; do
       esac
       ;;
     --no-preallocate | --dry-run | -h | --help)
-      [[ "${has_value}" == false ]] || die_usage "option ${option} takes no value"
+      option_flag
       case "${option}" in
         --no-preallocate) preallocate=false ;;
         --dry-run) dry_run=true ;;
@@ -118,16 +80,9 @@ while [[ $# -gt 0 ]]; do
       ;;
     *) die_usage "unknown option: ${option} (facegen_jax.main flags go after --)" ;;
   esac
-  shift
+  shift "${option_words}"
 done
 
-has_flag() {  # has_flag NAME: whether --NAME or --NAME=... is among the main flags
-  local word
-  for word in ${main_args[@]+"${main_args[@]}"}; do
-    [[ "${word}" != "--$1" && "${word}" != "--$1="* ]] || return 0
-  done
-  return 1
-}
 has_flag config || die_usage "missing --config FILE after -- (e.g. -- --config configs/spade.py --workdir DIR)"
 has_flag workdir || die_usage "missing --workdir DIR after --"
 

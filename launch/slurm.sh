@@ -6,6 +6,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "${REPO}/launch/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -30,33 +32,6 @@ The workdir must be on storage every node sees (a shared filesystem or gs://).
 EOF
 }
 
-die_usage() {
-  echo "slurm.sh: $1" >&2
-  echo "run launch/slurm.sh --help for the options" >&2
-  exit 2
-}
-
-# Shell-quotes one word so printed commands can be pasted back: bare when safe, else in double quotes when
-# nothing in it is special there, else shlex-style.
-quote() {
-  local squote="'" special='["$`\\!]'
-  if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ ! "$1" =~ ${special} ]]; then
-    printf '"%s"' "$1"
-  else
-    printf "'%s'" "${1//${squote}/${squote}\"${squote}\"${squote}}"
-  fi
-}
-
-quote_all() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(quote "${word}")"
-  done
-  printf '%s' "${out}"
-}
-
 nodes=1
 gpus_per_node=8
 per_node=false
@@ -69,23 +44,10 @@ dry_run=false
 main_args=()
 
 while [[ $# -gt 0 ]]; do
-  option="$1"
-  value=""
-  has_value=false
-  if [[ "${option}" == --*=* ]]; then
-    value="${option#*=}"
-    option="${option%%=*}"
-    has_value=true
-  fi
+  next_option "$@"
   case "${option}" in
     --nodes | --gpus-per-node | --cpus-per-task | --partition | --account | --time | --job-name)
-      if [[ "${has_value}" == false ]]; then
-        if [[ $# -lt 2 || "$2" == --* ]]; then
-          die_usage "option ${option} needs a value"
-        fi
-        value="$2"
-        shift
-      fi
+      option_value "$@"
       [[ -n "${value}" ]] || die_usage "option ${option} needs a value"
       case "${option}" in
         --nodes | --gpus-per-node | --cpus-per-task)
@@ -103,7 +65,7 @@ while [[ $# -gt 0 ]]; do
       esac
       ;;
     --per-node | --dry-run | -h | --help)
-      [[ "${has_value}" == false ]] || die_usage "option ${option} takes no value"
+      option_flag
       case "${option}" in
         --per-node) per_node=true ;;
         --dry-run) dry_run=true ;;
@@ -120,16 +82,9 @@ while [[ $# -gt 0 ]]; do
       ;;
     *) die_usage "unknown option: ${option} (facegen_jax.main flags go after --)" ;;
   esac
-  shift
+  shift "${option_words}"
 done
 
-has_flag() {  # has_flag NAME: whether --NAME or --NAME=... is among the main flags
-  local word
-  for word in ${main_args[@]+"${main_args[@]}"}; do
-    [[ "${word}" != "--$1" && "${word}" != "--$1="* ]] || return 0
-  done
-  return 1
-}
 has_flag config || die_usage "missing --config FILE after -- (e.g. -- --config configs/spade.py --workdir DIR)"
 has_flag workdir || die_usage "missing --workdir DIR after --"
 
@@ -143,12 +98,10 @@ sbatch_cmd=(sbatch "--job-name=${job_name}" "--nodes=${nodes}" "--ntasks-per-nod
 [[ -z "${time_limit}" ]] || sbatch_cmd+=("--time=${time_limit}")
 sbatch_cmd+=("--chdir=${REPO}" "${REPO}/launch/slurm.sbatch" "${main_args[@]}")
 
-echo "+ $(quote_all "${sbatch_cmd[@]}")"
+run "${sbatch_cmd[@]}"
 if [[ "${dry_run}" == true ]]; then
   echo "# in the job, on the first node, launch/slurm.sbatch runs:"
   SLURM_JOB_NUM_NODES="${nodes}" SLURM_NTASKS_PER_NODE="${tasks_per_node}" SLURM_GPUS_PER_NODE="${gpus_per_node}" \
     SLURM_CPUS_PER_TASK="${cpus_per_task}" \
     bash "${REPO}/launch/slurm.sbatch" --dry-run "${main_args[@]}"
-else
-  "${sbatch_cmd[@]}"
 fi

@@ -6,6 +6,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "${REPO}/launch/lib.sh"
 # These go into commands run on the workers, whose shell expands the ~.
 # shellcheck disable=SC2088
 readonly REMOTE_DIR='~/facegen_jax'
@@ -56,40 +58,6 @@ example (v4-32 pod slice):
 EOF
 }
 
-die_usage() {
-  echo "tpu_vm.sh: $1" >&2
-  echo "run launch/tpu_vm.sh --help for the options" >&2
-  exit 2
-}
-
-# Shell-quotes one word so printed commands can be pasted back: bare when safe, else in double quotes when
-# nothing in it is special there (readable when nested in a single-quoted remote command), else shlex-style.
-quote() {
-  local squote="'" special='["$`\\!]'
-  if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ ! "$1" =~ ${special} ]]; then
-    printf '"%s"' "$1"
-  else
-    printf "'%s'" "${1//${squote}/${squote}\"${squote}\"${squote}}"
-  fi
-}
-
-quote_all() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(quote "${word}")"
-  done
-  printf '%s' "${out}"
-}
-
-run() {
-  echo "+ $(quote_all "$@")"
-  if [[ "${dry_run}" == false ]]; then
-    "$@"
-  fi
-}
-
 command=""
 name="facegen-jax"
 zone=""
@@ -107,24 +75,11 @@ dry_run=false
 main_args=()
 
 while [[ $# -gt 0 ]]; do
-  option="$1"
-  value=""
-  has_value=false
-  if [[ "${option}" == --*=* ]]; then
-    value="${option#*=}"
-    option="${option%%=*}"
-    has_value=true
-  fi
+  next_option "$@"
   case "${option}" in
     --name | --zone | --project | --accelerator-type | --version | --config | --workdir | --tfds-name | \
       --tfds-data-dir | --worker)
-      if [[ "${has_value}" == false ]]; then
-        if [[ $# -lt 2 || "$2" == --* ]]; then
-          die_usage "option ${option} needs a value"
-        fi
-        value="$2"
-        shift
-      fi
+      option_value "$@"
       [[ -n "${value}" ]] || die_usage "option ${option} needs a value"
       case "${option}" in
         --name) name="${value}" ;;
@@ -140,7 +95,7 @@ while [[ $# -gt 0 ]]; do
       esac
       ;;
     --queued | --spot | --dry-run | -h | --help)
-      [[ "${has_value}" == false ]] || die_usage "option ${option} takes no value"
+      option_flag
       case "${option}" in
         --queued) queued=true ;;
         --spot) spot=true ;;
@@ -162,7 +117,7 @@ while [[ $# -gt 0 ]]; do
       command="${option}"
       ;;
   esac
-  shift
+  shift "${option_words}"
 done
 
 case "${command}" in

