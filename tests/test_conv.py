@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from facegen_jax.nets import conv
 
@@ -239,13 +240,26 @@ def test_im2col_module_is_flax():
   _assert_close(*_compare("conv", case, jnp.float32, impl="im2col"), rtol=1e-5)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_auto_uses_im2col_for_conv_on_cpu(stride):
-  assert jax.default_backend() == "cpu" and conv._conv_impl("auto") == "im2col"
-  x, kernel = jnp.ones((1, 8, 8, 3)), jnp.ones((4, 4, 3, 2))
-  fn = lambda x, k: conv.conv(x, k, stride, ((2, 2), (2, 2)))
+# (input size, kernel, stride, padding) -> the lowering `auto` picks on CPU: XLA's only for "same" stride-1
+# convolutions on inputs of at least XLA_MIN_SIZE.
+_AUTO_CASES = [
+    (8, 4, 1, 2, "im2col"), (8, 4, 2, 2, "im2col"), (8, 3, 1, 1, "im2col"),
+    (16, 3, 1, 1, "xla"), (16, 1, 1, 0, "xla"), (32, 3, 1, 0, "im2col"), (32, 3, 2, 1, "im2col"),
+    (17, 4, 1, 2, "im2col"),  # the SPADE discriminator's last layer: XLA's kernel gradient is a slow loop here
+]
+
+
+@pytest.mark.parametrize("size, k, stride, pad, expected", _AUTO_CASES)
+def test_auto_lowering_on_cpu(size, k, stride, pad, expected):
+  assert jax.default_backend() == "cpu"
+  assert conv._conv_impl("auto", (1, size, size, 3), (k, k, 3, 2), (stride, stride), ((pad, pad),) * 2) == expected
+  x, kernel = jnp.ones((1, size, size, 3)), jnp.ones((k, k, 3, 2))
+  fn = lambda x, k: conv.conv(x, k, stride, ((pad, pad), (pad, pad)))
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, k: fn(x, k).sum(), (0, 1)))(x, kernel))
-  assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+  assert ("conv_general_dilated" in jaxpr) == (expected == "xla"), jaxpr
+  reference = lax.conv_general_dilated(x, kernel, (stride,) * 2, ((pad, pad),) * 2,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(fn(x, kernel), reference, rtol=1e-6)
 
 
 def test_im2col_is_not_a_conv_transpose_impl():

@@ -19,19 +19,20 @@ so its gradients are `down(dy, k)` for x and `wgrad(dy, x)` for k; a strided con
 gradients `up(dy, k)` and `wgrad(z, dy)`. The results are the same linear maps as flax's, summed in another
 order: they agree to float rounding (~1e-6 relative in float32, ~1e-15 in float64).
 
-`conv` on CPU (`impl="auto"`, chosen in `_conv_impl`) uses im2col: pad x, take the kh*kw shifted (strided)
-slices, concatenate them on channels and do one matmul with the kernel reshaped to (kh*kw*C_in, C_out);
-autodiff gives the gradients (slices -> pads and adds, the dot -> two dots). Why, measured fwd+bwd at
-batch 4 on 2 cores shared with other jobs (load average 4-6, so +-30%):
-  XLA:CPU's kernel gradient once the padding exceeds k - 1 (the SPADE discriminator's k4 p2 layers) is a naive
-  loop at 1-2 GFLOP/s: k4 p2 256->512 at 17x17 takes 8.9 s through the phase path, 0.17 s through im2col;
+`conv` on CPU (`impl="auto"`, chosen in `_conv_impl`) uses XLA's own convolution for "same" stride-1
+convolutions (odd kernel, padding (k - 1) / 2) on inputs of 16x16 or larger, and im2col for all others: pad x,
+take the kh*kw shifted (strided) slices, concatenate them on channels and do one matmul with the kernel reshaped
+to (kh*kw*C_in, C_out); autodiff gives the gradients (slices -> pads and adds, the dot -> two dots). Why,
+measured fwd+bwd at batch 4 on 2 cores shared with other jobs (load average 4-6, so +-30%):
+  XLA:CPU's kernel gradient for k4 p2 (the SPADE discriminator's layers) is a naive loop at 1-2 GFLOP/s:
+  k4 p2 256->512 at 17x17 takes 8.9 s through the phase path, 0.17 s through im2col;
   3x3 1024->1024 at 8x8:   phase 302 ms, im2col 173 ms;   at 16x16:  578 vs 597 ms;
   3x3 512->512 at 32x32:   phase 602 ms, im2col 690 ms;   256->256 at 64x64: 474 vs 842 ms;
   3x3 128->128 at 128x128: phase 594 ms, im2col 1131 ms (memory-bound: the patches are 9x the input);
-  k4 s2 p2 convs (D, batch 8): fwd 27-29 ms (XLA) vs 100-124 ms (im2col), dk 26-52 vs 52-157 ms;
-  SPADE128 G+D step at batch 4 (median/min of 4): phase everywhere 44/27 s; im2col everywhere 17.6/12.2 s;
-  XLA's convs (phase) for inputs >= 32x32 with padding <= k - 1, im2col otherwise: 18.4/8.5 s (no better
-  median, so the simpler rule stays).
+  k4 s2 p2 convs (D, batch 8): fwd 27-29 ms (XLA) vs 100-124 ms (im2col), dk 26-52 vs 52-157 ms.
+SPADE128 G+D step at batch 4 on the idle machine (median of 5): im2col everywhere 13.4 s; XLA's for "same"
+stride-1 convs from 16x16 up 9.6 s (G step alone: from 8x8 6.1 s, 16x16 5.6, 32x32 6.1, 64x64 5.8, 128x128 7.6,
+never 12.6); phase everywhere was 44 s under load.
 A custom VJP (input gradient as im2col of dy with the flipped kernel, kernel gradient as one dot) was no faster
 than autodiff (SPADE step 33-40 s vs 31-42 s in one run, load 6), so there is none. GPU/TPU use XLA's.
 
@@ -288,7 +289,7 @@ def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str =
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  impl = _conv_impl(impl)
+  impl = _conv_impl(impl, x.shape, kernel.shape, strides, pads)
   if impl == "im2col":
     return _conv_im2col(x, kernel, strides, pads, precision)
   if impl == "phase":
@@ -296,13 +297,26 @@ def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str =
   return _down(x, kernel, strides, pads, precision)
 
 
-def _conv_impl(impl: str) -> str:
-  """The one place `conv` picks its lowering: im2col on CPU (see the module docstring), XLA's on GPU/TPU."""
+# XLA:CPU's own convolution is faster than im2col for "same" stride-1 convolutions on inputs this large or larger
+# (the patches of a large input are a large tensor to write, read and scatter back); see the module docstring.
+XLA_MIN_SIZE = 16
+
+
+def _conv_impl(impl: str, x_shape=None, kernel_shape=None, strides=(1, 1), pads=None) -> str:
+  """The one place `conv` picks its lowering: on CPU, XLA's convolution for "same" stride-1 convolutions (odd
+  kernel, padding (k - 1) / 2 each side) on inputs of at least XLA_MIN_SIZE, im2col for every other one (see
+  the module docstring); XLA's everywhere on GPU/TPU."""
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-  if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
-  return impl
+  if impl != "auto":
+    return impl
+  if jax.default_backend() != "cpu":
+    return "xla"
+  if x_shape is not None and min(x_shape[1:3]) >= XLA_MIN_SIZE and tuple(strides) == (1, 1):
+    same = [(k % 2 == 1 and pad == ((k - 1) // 2,) * 2) for k, pad in zip(kernel_shape[:2], pads)]
+    if all(same):
+      return "xla"
+  return "im2col"
 
 
 def _patches(x, kernel_hw, strides, pads):

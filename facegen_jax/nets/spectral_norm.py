@@ -47,7 +47,10 @@ def normalize(x: jax.Array, eps: float = TORCH_EPS) -> jax.Array:
 def _matvec(kernel_hwio: jax.Array, v: jax.Array) -> jax.Array:
   """W v for torch's matrix W without forming it: v is (in, kh, kw) flattened, as torch orders the columns."""
   kh, kw, c_in, _ = kernel_hwio.shape
-  return jnp.einsum("hwio,ihw->o", kernel_hwio, v.reshape(c_in, kh, kw))
+  # A product and a sum over the leading axes, not a dot: for a dot contracting the kernel's leading axes,
+  # XLA:CPU first copies the kernel into the transposed layout (~80 ms per 1024x1024x3x3 kernel, 1.2 s of a
+  # SPADE128 step); the reduction reads it once in place (74 -> 28 ms for power iteration + sigma + gradient).
+  return jnp.sum(kernel_hwio * v.reshape(c_in, kh, kw).transpose(1, 2, 0)[..., None], axis=(0, 1, 2))
 
 
 def _rmatvec(kernel_hwio: jax.Array, u: jax.Array) -> jax.Array:
