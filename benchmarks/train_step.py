@@ -5,11 +5,12 @@ r"""Times one family's jitted train step and its input pipeline on this machine.
 Prints the compile time, the median step time over --steps steps after --warmup, steps/s and images/s, and the
 input pipeline's images/s at the same batch size (--input_batches 0 skips it). The state is donated as in training.
 
-SPADE128 (configs/spade.py, --config.loss_weights.vgg=0), G+D step, 2 cores shared with other jobs (load average
-3-5 while timing, so noisy; median and min of 4 steps):
-  batch 4: before (phase convs) 44 s (min 27), 0.09 images/s; after (im2col convs, nets/conv.py) 17.6 s
-           (min 12.2), 0.23 images/s. NVlabs SPADE, torch 2.13 CPU, 2 threads: 9.23 s, 0.43 images/s.
-  batch 1: before 9.5 s (min 8.7), 0.10 images/s; after 7.5 s (min 6.6), 0.13 images/s. NVlabs SPADE: 3.13 s.
+SPADE128 (configs/spade.py, --config.loss_weights.vgg=0), G+D step on the idle 2-core VM, interleaved with
+benchmarks/spade_torch.py (NVlabs SPADE, torch 2.13 CPU, 2 threads) in the same session:
+  batch 4: 7.9 s median (min 7.6 s), 8.7-9.6 s in earlier runs; NVlabs SPADE 9.2-10.1 s (min 8.1-9.6 s).
+  batch 1: 2.95-2.99 s median; NVlabs SPADE 3.50 s (min 3.06 s).
+  History at batch 4: phase convs everywhere 44 s (under load), im2col everywhere 13.4 s, the current lowering
+  rule (nets/conv.py) 9.6 s, spectral norm without kernel transposes 9.1 s, the scheduler option 7.9-9.6 s.
 """
 
 import functools

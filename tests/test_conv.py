@@ -240,11 +240,11 @@ def test_im2col_module_is_flax():
   _assert_close(*_compare("conv", case, jnp.float32, impl="im2col"), rtol=1e-5)
 
 
-# (input size, kernel, stride, padding) -> the lowering `auto` picks on CPU: XLA's only for "same" stride-1
-# convolutions on inputs of at least XLA_MIN_SIZE.
+# (input size, kernel, stride, padding) -> the lowering `auto` picks on CPU: the phase path for strided
+# convolutions padded (k - s) / 2, XLA's for "same" stride-1 convolutions on inputs of at least XLA_MIN_SIZE, im2col otherwise.
 _AUTO_CASES = [
-    (8, 4, 1, 2, "im2col"), (8, 4, 2, 2, "im2col"), (8, 3, 1, 1, "im2col"),
-    (16, 3, 1, 1, "xla"), (16, 1, 1, 0, "xla"), (32, 3, 1, 0, "im2col"), (32, 3, 2, 1, "im2col"),
+    (8, 4, 1, 2, "im2col"), (8, 4, 2, 2, "im2col"), (8, 3, 1, 1, "im2col"), (16, 3, 1, 1, "xla"),
+    (16, 1, 1, 0, "xla"), (32, 3, 1, 0, "im2col"), (32, 3, 2, 1, "im2col"), (64, 4, 2, 1, "phase"),
     (17, 4, 1, 2, "im2col"),  # the SPADE discriminator's last layer: XLA's kernel gradient is a slow loop here
 ]
 
@@ -256,7 +256,8 @@ def test_auto_lowering_on_cpu(size, k, stride, pad, expected):
   x, kernel = jnp.ones((1, size, size, 3)), jnp.ones((k, k, 3, 2))
   fn = lambda x, k: conv.conv(x, k, stride, ((pad, pad), (pad, pad)))
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, k: fn(x, k).sum(), (0, 1)))(x, kernel))
-  assert ("conv_general_dilated" in jaxpr) == (expected == "xla"), jaxpr
+  assert ("conv_general_dilated" in jaxpr) == (expected != "im2col"), jaxpr
+  assert ("custom_vjp_call" in str(jax.make_jaxpr(fn)(x, kernel))) == (expected == "phase")
   reference = lax.conv_general_dilated(x, kernel, (stride,) * 2, ((pad, pad),) * 2,
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(fn(x, kernel), reference, rtol=1e-6)
