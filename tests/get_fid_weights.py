@@ -17,11 +17,8 @@ import fid_weights  # pylint: disable=g-import-not-at-top
 
 
 def _sha256(path) -> str:
-  digest = hashlib.sha256()
   with open(path, "rb") as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def main() -> int:

@@ -153,11 +153,8 @@ def read(source) -> dict[str, np.ndarray]:
 
 
 def _sha256(path) -> str:
-  digest = hashlib.sha256()
   with open(path, "rb") as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def download(path, url=FID_WEIGHTS_URL, sha256=FID_WEIGHTS_SHA256) -> None:

@@ -307,7 +307,7 @@ def conv(x, kernel, strides=None, padding="SAME", *, precision=None, impl: str =
 XLA_MIN_SIZE = 16
 
 
-def _conv_impl(impl: str, x_shape=None, kernel_shape=None, strides=(1, 1), pads=None) -> str:
+def _conv_impl(impl: str, x_shape, kernel_shape, strides, pads) -> str:
   """The one place `conv` picks its lowering. On GPU/TPU XLA's. On CPU: the phase path for strided convolutions
   padded (k - s) / 2 each side, XLA's for "same" stride-1 ones (odd kernel, padding (k - 1) / 2 each side) on
   inputs of at least XLA_MIN_SIZE, im2col for the rest (small inputs, other paddings); see the module docstring."""
@@ -317,8 +317,6 @@ def _conv_impl(impl: str, x_shape=None, kernel_shape=None, strides=(1, 1), pads=
     return impl
   if jax.default_backend() != "cpu":
     return "xla"
-  if x_shape is None:
-    return "im2col"
   if tuple(strides) != (1, 1):
     # Only padding (k - s) / 2 each side (DCGAN's k4 s2 p1: output = input / stride). With SPADE D's k4 s2 p2
     # the SPADE step on 8 simulated devices drifted from the 1-device step (1.9% in a G kernel after 3 steps,
