@@ -5,6 +5,7 @@
 
 The default data is the embedded synthetic face set; for CelebA (the seed's data) point it at the aligned
 images: --config.input.source=folder --config.input.folder.image_dir=/data/img_align_celeba
+FID/KID while training (off by default): --config.eval.every_steps=5000 --config.eval.inception_weights=inception.npz
 """
 
 import ml_collections

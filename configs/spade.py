@@ -15,6 +15,9 @@ The default data is the embedded synthetic faces with parsing maps; for CelebAMa
   --config.train_examples=<size of the train split>
 The VGG loss needs converted VGG19 weights:
   python -m facegen_jax.convert vgg19 --from vgg19-dcbb9e9d.pth --out vgg19.npz; --config.vgg_weights=vgg19.npz
+FID/KID while training (off, as in the original, which scores offline): generated from the test split's maps,
+  --config.eval.every_steps=5000 --config.eval.inception_weights=inception.npz --config.eval.split=test
+  --config.eval.num_samples=2000
 """
 
 import ml_collections

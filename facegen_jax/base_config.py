@@ -5,6 +5,7 @@ Config files in configs/ start from `base_config()` and add their model and opti
 
 import ml_collections
 
+from facegen_jax.metrics import evaluator
 from input_pipeline import pipeline
 
 
@@ -23,4 +24,5 @@ def base_config() -> ml_collections.ConfigDict:
   # What a non-finite loss does: "error" stops with the step and metric named; "skip" drops that update.
   config.nonfinite = "error"
   config.input = pipeline.default_input_config()
+  config.eval = evaluator.default_config()  # FID/KID during training (off by default; see configs/).
   return config

@@ -1,7 +1,14 @@
-r"""FID and KID between two image folders (or saved statistics), as pytorch-fid's command line computes FID.
+r"""FID and KID of a trained run's generator, or between two image folders (as pytorch-fid's command line).
 
+  python -m facegen_jax.evaluate --workdir runs/spade [--num_samples 10000] [--num_real N] [--step S | --best] \
+      [--inception inception.npz] [--stats_dir DIR] [--batch_size 50] [--kid_subsets 100] [--kid_subset_size 1000]
   python -m facegen_jax.evaluate --real faces/ --fake samples/ --inception inception.npz \
       [--batch_size 50] [--kid_subsets 100] [--kid_subset_size 1000] [--nokid] [--save_stats real.npz]
+
+--workdir evaluates as training does (`metrics.evaluator`): the run's config.eval, with any flag given here
+taking precedence; with the run's eval.batch_size and eval.seed the samples, and so the numbers, are those
+training logged for that checkpoint. Reference statistics are cached in --stats_dir (default: the run's
+eval.stats_dir, else DIR/fid_stats).
 
 --inception is the .npz of `python -m facegen_jax.convert inception`. A folder's images are the files directly
 in it with pytorch-fid's extensions (bmp jpg jpeg pgm png ppm tif tiff webp, any case), in sorted order, read as
@@ -18,23 +25,39 @@ from typing import Iterator
 
 from absl import app
 from absl import flags
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 from PIL import Image
 
 from facegen_jax import errors
+from facegen_jax import rundir
+from facegen_jax.metrics import evaluator as evaluator_lib
 from facegen_jax.metrics import fid
 from facegen_jax.metrics import inception
 
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run (or converter output) whose generator to evaluate.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "--workdir: generated images (default: the run's "
+                                    "eval.num_samples).")
+_NUM_REAL = flags.DEFINE_integer("num_real", None, "--workdir: reference images (default: eval.num_real, else "
+                                 "num_samples).")
+_STEP = flags.DEFINE_integer("step", None, "--workdir: checkpoint step (default: the latest).")
+_BEST = flags.DEFINE_bool("best", False, "--workdir: the best-FID checkpoint training kept.")
+_STATS_DIR = flags.DEFINE_string("stats_dir", None, "--workdir: cache of reference statistics.")
 _REAL = flags.DEFINE_string("real", None, "Folder of reference images, or a statistics .npz.")
 _FAKE = flags.DEFINE_string("fake", None, "Folder of generated images, or a statistics .npz.")
 _INCEPTION = flags.DEFINE_string("inception", None, "Inception weights from `python -m facegen_jax.convert "
-                                 "inception`.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Images per Inception call (split over the devices).")
-_KID = flags.DEFINE_bool("kid", True, "Also compute KID.")
-_KID_SUBSETS = flags.DEFINE_integer("kid_subsets", fid.KID_SUBSETS, "KID: number of random subsets.")
-_KID_SUBSET_SIZE = flags.DEFINE_integer("kid_subset_size", fid.KID_SUBSET_SIZE,
-                                        "KID: images per subset (at most the smaller image count).")
+                                 "inception` (--workdir: default the run's eval.inception_weights).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per Inception call, split over the devices "
+                                   "(default 50; --workdir: the run's eval.batch_size).")
+_KID = flags.DEFINE_bool("kid", None, "Also compute KID (default on; --workdir: the run's eval.kid).")
+_KID_SUBSETS = flags.DEFINE_integer("kid_subsets", None, f"KID: number of random subsets (default "
+                                    f"{fid.KID_SUBSETS}; --workdir: the run's eval.kid_subsets).")
+_KID_SUBSET_SIZE = flags.DEFINE_integer("kid_subset_size", None, f"KID: images per subset, at most the smaller "
+                                        f"image count (default {fid.KID_SUBSET_SIZE}; --workdir: the run's).")
 _SAVE_STATS = flags.DEFINE_string("save_stats", None, "Also write the statistics of --real to this .npz.")
+
+# eval.<key> -> the flag that sets it here, for error messages.
+_FLAG_OF = {"inception_weights": "--inception", "kid_off": "--nokid"}
 
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -109,24 +132,63 @@ def run(real: str, fake: str, weights: str, *, batch_size: int = 50, with_kid: b
   return result
 
 
+def run_workdir(workdir: str, *, step: int | None = None, best: bool = False, stats_dir: str | None = None,
+                **overrides) -> dict[str, float]:
+  """FID/KID of the run's generator as training computes them; `overrides` are config.eval keys (None: keep)."""
+  config = rundir.load_config(workdir)
+  settings = evaluator_lib.eval_config(config)
+  settings.update({key: value for key, value in overrides.items() if value is not None})
+  config.eval = settings
+  option = lambda key: _FLAG_OF.get(key, f"--{key}")
+  evaluator_lib.check_settings(settings, option)  # Before the checkpoint is read.
+  mesh = fid.create_mesh()
+  state, step = rundir.restore_state(workdir, config, step=step, best=best,
+                                     sharding=NamedSharding(mesh, P()))
+  stats_dir = stats_dir or settings.stats_dir or os.path.join(workdir, evaluator_lib.STATS_DIR)
+  evaluator = evaluator_lib.Evaluator(config, mesh, stats_dir=stats_dir, option=option)
+  result = {key.removeprefix("eval/"): value for key, value in evaluator(state).items()}
+  result.update(step=step, real_count=evaluator_lib.num_real(settings), fake_count=settings.num_samples,
+                kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size)
+  return result
+
+
+def _run_from_flags() -> dict[str, float]:
+  if _WORKDIR.value:
+    if _REAL.value or _FAKE.value or _SAVE_STATS.value:
+      raise errors.ConfigError("--workdir evaluates a run's generator; --real/--fake/--save_stats compare two "
+                               "folders: give one or the other")
+    return run_workdir(_WORKDIR.value, step=_STEP.value, best=_BEST.value, stats_dir=_STATS_DIR.value,
+                       num_samples=_NUM_SAMPLES.value, num_real=_NUM_REAL.value,
+                       inception_weights=_INCEPTION.value, batch_size=_BATCH_SIZE.value, kid=_KID.value,
+                       kid_subsets=_KID_SUBSETS.value, kid_subset_size=_KID_SUBSET_SIZE.value)
+  for flag in (_REAL, _FAKE, _INCEPTION):
+    if not flag.value:
+      raise errors.ConfigError(f"--{flag.name} is required (or --workdir to evaluate a run)")
+  kid_subsets = fid.KID_SUBSETS if _KID_SUBSETS.value is None else _KID_SUBSETS.value
+  kid_subset_size = fid.KID_SUBSET_SIZE if _KID_SUBSET_SIZE.value is None else _KID_SUBSET_SIZE.value
+  result = run(_REAL.value, _FAKE.value, _INCEPTION.value,
+               batch_size=50 if _BATCH_SIZE.value is None else _BATCH_SIZE.value,
+               with_kid=_KID.value is not False, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+               save_stats=_SAVE_STATS.value)
+  result.update(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size)
+  return result
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    for flag in (_REAL, _FAKE, _INCEPTION):
-      if not flag.value:
-        raise errors.ConfigError(f"--{flag.name} is required")
-    result = run(_REAL.value, _FAKE.value, _INCEPTION.value, batch_size=_BATCH_SIZE.value, with_kid=_KID.value,
-                 kid_subsets=_KID_SUBSETS.value, kid_subset_size=_KID_SUBSET_SIZE.value,
-                 save_stats=_SAVE_STATS.value)
+    result = _run_from_flags()
   except errors.UserError as e:
     print(f"facegen_jax.evaluate: error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  if "step" in result:
+    print(f"checkpoint: step {result['step']}")
   print(f"images: real {result['real_count']}, fake {result['fake_count']}")
   print(f"FID: {result['fid']:.6f}")
   if "kid_mean" in result:
     print(f"KID: {result['kid_mean']:.6g} +- {result['kid_std']:.6g} "
-          f"({_KID_SUBSETS.value} subsets of {_KID_SUBSET_SIZE.value})")
+          f"({result['kid_subsets']} subsets of {result['kid_subset_size']})")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ r"""Generates images with a trained or converted model.
   python -m facegen_jax.generate --workdir runs/dcgan_cpu --num 64 --out out/
 
 --workdir is a training run or a `python -m facegen_jax.convert` output; its latest checkpoint is used (or
---step). The generator runs in eval mode, as the originals' test scripts run it. For SPADE, --labels is one
-parsing-map PNG (single channel of class indices, as CelebAMask-HQ's) or a directory of them; each is resized
-(nearest) to the model's crop size and gives out/<stem>.png. --style encodes a face for models trained with
+--step, or with --best the lowest-FID checkpoint of a run that evaluated). The generator runs in eval mode, as
+the originals' test scripts run it, with its EMA weights where the family keeps them. For SPADE, --labels is
+one parsing-map PNG (single channel of class indices, as CelebAMask-HQ's) or a directory of them; each is
+resized (nearest) to the model's crop size and gives out/<stem>.png. --style encodes a face for models trained with
 use_vae. For DCGAN, --num images from N(0, 1) noise (seeded by --seed) give out/000000.png, ...
 --save_raw also writes the float outputs in [-1, 1] as <name>.npy beside the PNGs.
 """
@@ -26,6 +27,7 @@ from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax import images as images_lib
 from facegen_jax import rundir
+from facegen_jax.families import common
 from input_pipeline import sources
 from input_pipeline import transforms
 
@@ -104,8 +106,8 @@ def _batches(inputs: dict, count: int, batch_size: int):
     yield start, stop, {k: np.concatenate([v[start:stop]] + [v[stop - 1:stop]] * pad) for k, v in inputs.items()}
 
 
-def run(workdir: str, out: str, *, step: int | None = None, seed: int = 0, batch_size: int = 8,
-        save_raw: bool = False, **options) -> list[epath.Path]:
+def run(workdir: str, out: str, *, step: int | None = None, best: bool = False, seed: int = 0,
+        batch_size: int = 8, save_raw: bool = False, **options) -> list[epath.Path]:
   """Writes out/<name>.png (and .npy with save_raw) for each input; options are the family's (labels, style,
   num). Returns the PNG paths."""
   config = rundir.load_config(workdir)
@@ -116,9 +118,8 @@ def run(workdir: str, out: str, *, step: int | None = None, seed: int = 0, batch
   if batch_size <= 0:
     raise errors.UserError(f"--batch_size must be positive, got {batch_size}")
   names, inputs = INPUT_READERS[config.family](config, dict(options, seed=seed))
-  state, step = rundir.restore_state(workdir, config, step=step)
-  if hasattr(state, "g_ema_params"):  # The exponential moving average of G, where the family keeps one.
-    state = state.replace(g_params=state.g_ema_params)
+  state, step = rundir.restore_state(workdir, config, step=step, best=best)
+  state = common.inference_state(state)
   logging.info("Generating %d image(s) with %s at step %d from %s", len(names), config.family, step, workdir)
   generate = jax.jit(lambda state, batch, key: family.generate(config, state, batch, key))
   out_dir = epath.Path(out)
@@ -149,6 +150,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num", 16, "DCGAN: how many images.")
   flags.DEFINE_integer("seed", 0, "Seed for noise (DCGAN's z, SPADE's VAE noise).")
   flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+  flags.DEFINE_bool("best", False, "The lowest-FID checkpoint of a run that evaluated (DIR/best_checkpoint).")
   flags.DEFINE_integer("batch_size", 8, "Images per generator call.")
   flags.DEFINE_bool("save_raw", False, "Also write the float outputs in [-1, 1] as .npy files.")
   flags.mark_flags_as_required(["workdir", "out"])
@@ -159,7 +161,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     f = flags.FLAGS
-    run(f.workdir, f.out, step=f.step, seed=f.seed, batch_size=f.batch_size, save_raw=f.save_raw,
+    run(f.workdir, f.out, step=f.step, best=f.best, seed=f.seed, batch_size=f.batch_size, save_raw=f.save_raw,
         labels=f.labels, style=f.style, num=f.num)
   except errors.UserError as e:
     print(f"facegen_jax.generate: error: {e}", file=sys.stderr, flush=True)

@@ -3,6 +3,8 @@
   DIR/config.json          the full config of the run (written by `main` and by `convert`)
   DIR/checkpoints/<step>/  Orbax checkpoints: item "state" (the family's train state) and, from training,
                            item "data" (the Grain iterator position)
+  DIR/best_checkpoint/<step>/  with evaluation on: the state with the lowest FID so far (item "state")
+  DIR/fid_stats/           cached FID/KID statistics of the reference data (unless config.eval.stats_dir)
   DIR/tensorboard/, DIR/samples/  logs and sample grids (from training only)
 
 A converter writes config.json and a step-0 checkpoint with the "state" item only; `main --workdir DIR`
@@ -24,6 +26,7 @@ from facegen_jax import families
 CONFIG_FILE = "config.json"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+BEST_DIR = "best_checkpoint"
 
 
 def absolute(path) -> epath.Path:
@@ -33,6 +36,10 @@ def absolute(path) -> epath.Path:
 
 def checkpoint_dir(workdir) -> epath.Path:
   return absolute(workdir) / "checkpoints"
+
+
+def best_checkpoint_dir(workdir) -> epath.Path:
+  return absolute(workdir) / BEST_DIR
 
 
 def save_config(workdir, config: ml_collections.ConfigDict) -> None:
@@ -55,37 +62,46 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     raise errors.UserError(f"{path} is not valid JSON ({e}): restore it from the run or re-run the converter") from e
 
 
-def latest_step(workdir) -> int | None:
-  directory = checkpoint_dir(workdir)
+def _directory(workdir, best: bool) -> epath.Path:
+  return best_checkpoint_dir(workdir) if best else checkpoint_dir(workdir)
+
+
+def latest_step(workdir, *, best: bool = False) -> int | None:
+  directory = _directory(workdir, best)
   if not directory.exists():
     return None
   with ocp.CheckpointManager(directory) as manager:
     return manager.latest_step()
 
 
-def has_item(workdir, step: int, item: str) -> bool:
-  return (checkpoint_dir(workdir) / str(step) / item).exists()
+def has_item(workdir, step: int, item: str, *, best: bool = False) -> bool:
+  return (_directory(workdir, best) / str(step) / item).exists()
 
 
-def restore_state(workdir, config: ml_collections.ConfigDict, *, step: int | None = None,
+def restore_state(workdir, config: ml_collections.ConfigDict, *, step: int | None = None, best: bool = False,
                   sharding: jax.sharding.Sharding | None = None):
   """The family's train state at `step` (default: the latest checkpoint), on one device unless `sharding`.
 
+  `best`: from DIR/best_checkpoint (the lowest FID of a run that evaluated) instead of DIR/checkpoints.
   Returns (state, step). Only the "state" item is read, so the input pipeline need not exist here.
   """
   family = families.get_family(config.family)
+  directory = _directory(workdir, best)
   if step is None:
-    step = latest_step(workdir)
+    step = latest_step(workdir, best=best)
+    if step is None and best:
+      raise errors.UserError(f"no best checkpoint in {directory}: it is written when training evaluates FID "
+                             "(--config.eval.every_steps > 0); leave out --best to use the latest checkpoint")
     if step is None:
-      raise errors.UserError(f"no checkpoint in {checkpoint_dir(workdir)}: train first (`python -m "
+      raise errors.UserError(f"no checkpoint in {directory}: train first (`python -m "
                              "facegen_jax.main --workdir ...`) or convert one (`python -m facegen_jax.convert`)")
-  elif not has_item(workdir, step, STATE_ITEM):
-    raise errors.UserError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}: leave out the step to "
-                           f"use the latest ({latest_step(workdir)})")
+  elif not has_item(workdir, step, STATE_ITEM, best=best):
+    raise errors.UserError(f"no checkpoint for step {step} in {directory}: leave out the step to "
+                           f"use the latest ({latest_step(workdir, best=best)})")
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.eval_shape(lambda key: family.init_state(config, key), jax.random.key(0))
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
-  with ocp.CheckpointManager(checkpoint_dir(workdir)) as manager:
+  with ocp.CheckpointManager(directory) as manager:
     restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
   return restored[STATE_ITEM], step
 

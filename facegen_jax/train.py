@@ -33,6 +33,7 @@ from facegen_jax import families
 from facegen_jax import images as images_lib
 from facegen_jax import rundir
 from facegen_jax.families import common
+from facegen_jax.metrics import evaluator as evaluator_lib
 from facegen_jax.nets import conv as conv_lib
 from input_pipeline import pipeline
 
@@ -59,6 +60,10 @@ class RunPaths:
   def checkpoints(self) -> epath.Path:
     return self.workdir / "checkpoints"
 
+  @property
+  def best_checkpoint(self) -> epath.Path:
+    return self.workdir / rundir.BEST_DIR
+
 
 def create_mesh() -> Mesh:
   """All devices of all processes on one "data" axis: parameters replicated, batches split."""
@@ -79,6 +84,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                f"set --config.{key}")
   if config.nonfinite not in NONFINITE_MODES:
     raise errors.ConfigError(f"config.nonfinite={config.nonfinite!r}: set it to one of {NONFINITE_MODES}")
+  evaluator_lib.validate(config)
 
 
 def _state_shardings(abstract_state, mesh: Mesh):
@@ -200,6 +206,44 @@ def _write_samples(writer, paths: RunPaths, step: int, sample_fn, state, sample_
     images_lib.save_png(grid, paths.samples / f"step_{step:08d}.png")
 
 
+class _BestCheckpoint:
+  """DIR/best_checkpoint: the state of the evaluation with the lowest FID (Orbax keeps the one best)."""
+
+  def __init__(self, workdir):
+    self._manager = ocp.CheckpointManager(
+        rundir.best_checkpoint_dir(workdir),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["fid"], best_mode="min",
+                                             create=True, enable_async_checkpointing=False))
+
+  def best(self) -> tuple[int | None, float]:
+    step = self._manager.best_step()
+    return (None, math.inf) if step is None else (step, float(self._manager.metrics(step)["fid"]))
+
+  def offer(self, step: int, fid: float, state) -> None:
+    # A step already saved is the same evaluation repeated after a restart from an earlier checkpoint.
+    if fid < self.best()[1] and step not in self._manager.all_steps():
+      self._manager.save(step, args=ocp.args.Composite(**{rundir.STATE_ITEM: ocp.args.StandardSave(state)}),
+                         metrics={"fid": fid}, force=True)
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _evaluate(evaluator, best: _BestCheckpoint, writer, step: int, state) -> None:
+  start = time.perf_counter()
+  scalars = evaluator(state)
+  best.offer(step, scalars["eval/fid"], state)
+  best_step, best_fid = best.best()
+  scalars["eval/best_fid"] = best_fid
+  scalars["eval/seconds"] = time.perf_counter() - start
+  writer.write_scalars(step, scalars)
+  kid = (f", KID {scalars['eval/kid_mean']:.5g} +- {scalars['eval/kid_std']:.3g}"
+         if "eval/kid_mean" in scalars else "")
+  logging.info("eval at step %d: FID %.4f%s (best FID %.4f at step %s) in %.0f s", step, scalars["eval/fid"], kid,
+               best_fid, best_step, scalars["eval/seconds"])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains `config.family` to `config.num_train_steps`, resuming from the last checkpoint in `workdir`.
 
@@ -214,6 +258,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                jax.process_count(), dict(mesh.shape))
   source = pipeline.create_source(config.input)  # Built once: a folder source scans its directory.
   logging.info("Data: %s", pipeline.describe(config.input, source))
+  evaluator = None  # Built before the state, so a setting it cannot work with fails in seconds.
+  if config.eval.every_steps:
+    evaluator = evaluator_lib.Evaluator(config, mesh, stats_dir=config.eval.stats_dir or
+                                        paths.workdir / evaluator_lib.STATS_DIR)
 
   train_iter = pipeline.create_train_iterator(
       config.input, seed=config.seed, global_batch_size=config.batch_size,
@@ -252,11 +300,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   sample_fn = jax.jit(functools.partial(family.sample, config), out_shardings=NamedSharding(mesh, P()))
   sample_inputs = _sample_inputs(family, config, mesh, source)
 
+  best = _BestCheckpoint(paths.workdir) if evaluator is not None else None
   writer = metric_writers.create_default_writer(
       str(paths.tensorboard), just_logging=jax.process_index() > 0, asynchronous=True)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps)
-  _log_locations(paths, "Writing")
+  _log_locations(paths, "Writing", with_best=best is not None)
   watcher = _PreemptionWatcher()
   averager = _MetricAverager(config.nonfinite)
   first_step = int(jax.device_get(state.step))
@@ -283,6 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         writer.write_scalars(step, scalars)
       if step % config.sample_every_steps == 0 or is_last:
         _write_samples(writer, paths, step, sample_fn, state, sample_inputs)
+      if evaluator is not None and (step % config.eval.every_steps == 0 or is_last):
+        _evaluate(evaluator, best, writer, step, state)
       preempted = watcher.should_stop(step)
       if step % config.checkpoint_every_steps == 0 or is_last or preempted:
         manager.save(step, args=_checkpoint_args(state, train_iter), force=True)
@@ -292,17 +343,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         break
   finally:
     watcher.close()
+    if best is not None:
+      best.close()
     manager.wait_until_finished()
     manager.close()
     writer.flush()
     writer.close()
-  _log_locations(paths, "Wrote")
+  _log_locations(paths, "Wrote", with_best=best is not None)
   return state
 
 
-def _log_locations(paths: RunPaths, verb: str) -> None:
+def _log_locations(paths: RunPaths, verb: str, with_best: bool) -> None:
   if jax.process_index() == 0:
     message = (f"{verb}: TensorBoard logs {paths.tensorboard} (tensorboard --logdir {paths.tensorboard}), "
-               f"sample grids {paths.samples}, checkpoints {paths.checkpoints}")
+               f"sample grids {paths.samples}, checkpoints {paths.checkpoints}"
+               + (f", best-FID checkpoint {paths.best_checkpoint}" if with_best else ""))
     logging.info(message)
     print(message, flush=True)

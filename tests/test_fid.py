@@ -31,21 +31,6 @@ def _faces(n=8, resolution=64):
   return np.stack([synthetic.render(0, i, resolution)["image"] for i in range(n)])
 
 
-def _random_npz(path, seed=0):
-  """Random InceptionV3 variables as the converter's .npz (BatchNorm kept near identity)."""
-  rng = np.random.default_rng(seed)
-  arrays = {}
-  for name, shape in inception.expected_shapes().items():
-    if name.endswith("kernel"):
-      arrays[name] = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2 / np.prod(shape[:3])))
-    elif name.endswith(("scale", "var")):
-      arrays[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    else:
-      arrays[name] = rng.normal(0, 0.1, shape).astype(np.float32)
-  np.savez(path, **arrays)
-  return arrays
-
-
 def _torchvision_state_dict(arrays, rng):
   """The .npz arrays under torchvision's Inception3 names: pytorch-fid's .pth format (fc has 1008 classes)."""
   sd = {}
@@ -155,7 +140,7 @@ def test_statistics_roundtrip_and_pytorch_fid_files(tmp_path):
 
 
 def test_extract_features_rebatches_and_pads(tmp_path):
-  variables = inception.unflatten(_random_npz(tmp_path / "w.npz"))
+  variables = inception.unflatten(fid_weights.write_random_weights(tmp_path / "w.npz"))
   x = np.random.default_rng(5).integers(0, 256, (5, 40, 40, 3), dtype=np.uint8)
   whole = fid.extract_features(variables, [x], batch_size=4)
   pieces = fid.extract_features(variables, [x[:1], x[1:3], x[3:]], batch_size=3)
@@ -166,7 +151,7 @@ def test_extract_features_rebatches_and_pads(tmp_path):
 
 
 def test_converter_maps_every_name_format(tmp_path):
-  arrays = _random_npz(tmp_path / "w.npz")
+  arrays = fid_weights.write_random_weights(tmp_path / "w.npz")
   rng = np.random.default_rng(6)
   sd = _torchvision_state_dict(arrays, rng)
   sd.update({k.replace("running_mean", "num_batches_tracked"): np.int64(0) for k in sd if k.endswith("running_mean")})
@@ -209,7 +194,7 @@ def test_converter_errors():
 
 def test_convert_cli_reads_a_pth_and_reports_errors(tmp_path, capsys):
   torch = pytest.importorskip("torch")
-  arrays = _random_npz(tmp_path / "w.npz")
+  arrays = fid_weights.write_random_weights(tmp_path / "w.npz")
   sd = _torchvision_state_dict(arrays, np.random.default_rng(7))
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "pt_inception.pth")
   pth, out = str(tmp_path / "pt_inception.pth"), str(tmp_path / "o.npz")
@@ -239,7 +224,7 @@ def _write_pngs(folder, images):
 
 
 def test_evaluate_errors(tmp_path):
-  _random_npz(tmp_path / "w.npz")
+  fid_weights.write_random_weights(tmp_path / "w.npz")
   good = _write_pngs(tmp_path / "good", _faces(2, 32))
   (tmp_path / "empty").mkdir()
   corrupt = _write_pngs(tmp_path / "corrupt", _faces(2, 32))

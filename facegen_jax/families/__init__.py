@@ -8,6 +8,10 @@ A family module provides:
   sample(config, state, inputs) -> dict     name -> images in [-1, 1], (B, H, W, 3); shown side by side
   generate(config, state, inputs, rng)      inference (eval mode) for `python -m facegen_jax.generate`;
                                             -> {"generated": images in [-1, 1]}
+  EVAL_DATA_KEYS                            fields of the reference records evaluation generates from
+                                            (("label",) for SPADE, () for unconditional models)
+  eval_inputs(config, rng, size, data)      `generate`'s inputs for `size` images of an FID/KID evaluation;
+                                            data holds the EVAL_DATA_KEYS of the batch's reference records
 """
 
 import types

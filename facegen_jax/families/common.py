@@ -23,6 +23,12 @@ class GANState:
   ema_params: PyTree = None
 
 
+def inference_state(state):
+  """The state with its EMA generator as g_params, where it keeps one: what generation and evaluation use."""
+  ema = getattr(state, "ema_params", None)
+  return state if ema is None else state.replace(g_params=ema)
+
+
 def step_rngs(rng: jax.Array, *names: str) -> dict[str, jax.Array]:
   """Splits one step's key into named keys, so adding a name never changes the others' streams."""
   return {name: jax.random.fold_in(rng, i) for i, name in enumerate(names)}

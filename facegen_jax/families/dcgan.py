@@ -173,6 +173,15 @@ def sample(config: ml_collections.ConfigDict, state: common.GANState, inputs: di
   return {"generated": fake}
 
 
+EVAL_DATA_KEYS = ()  # Unconditional: evaluation needs no data besides the reference images.
+
+
+def eval_inputs(config: ml_collections.ConfigDict, rng: jax.Array, size: int, data: dict) -> dict:
+  """`size` latents from N(0, 1) for `generate`, as the samples of an evaluation."""
+  del data
+  return {"z": jax.random.normal(rng, (size, config.model.nz))}
+
+
 def generate(config: ml_collections.ConfigDict, state: common.GANState, inputs: dict, rng: jax.Array) -> dict:
   """G in eval mode (BatchNorm with its running statistics) on inputs["z"] (B, nz)."""
   del rng

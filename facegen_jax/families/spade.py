@@ -331,6 +331,15 @@ def sample(config: ml_collections.ConfigDict, state: SPADEState, inputs: dict) -
       label=colorize(inputs["label"], config.model.label_nc), generated=fake, real=inputs["image"])
 
 
+EVAL_DATA_KEYS = ("label",)  # Evaluation generates from the reference records' parsing maps.
+
+
+def eval_inputs(config: ml_collections.ConfigDict, rng: jax.Array, size: int, data: dict) -> dict:
+  """The reference label maps for `generate` (z from N(0, 1) with use_vae, drawn there from `rng`)."""
+  del config, rng, size
+  return {"label": data["label"]}
+
+
 def generate(config: ml_collections.ConfigDict, state: SPADEState, inputs: dict, rng: jax.Array) -> dict:
   """Inference as the original's test.py runs it: G (and the encoder) in eval mode, i.e. sync BN with its
   running statistics and every spectral norm from its stored u and v, nothing updated.

@@ -1,0 +1,318 @@
+"""FID and KID of a family's generator against its data: what training logs as eval/... and what
+`python -m facegen_jax.evaluate --workdir DIR` prints. Both build an `Evaluator` from the run's config, so the
+same checkpoint gives the same numbers in both.
+
+* Reference images: the first `num_real` records of the data in source order (`eval.split` for TFDS,
+  `eval.image_dir` for folders select other data than training's), resized and centre-cropped as in training,
+  never flipped. Their statistics are cached in `stats_dir` under a name made of (dataset, split, resolution,
+  count, Inception weights) and reused by later evaluations, restarts and other runs sharing the directory.
+* Generated images: `num_samples`, in batches of `batch_size`; batch b is `family.generate` (eval mode, with
+  the EMA generator where the state keeps one) on `family.eval_inputs(config, key_b, size, data)` with
+  key_b = fold_in(key(eval.seed), b) and, for conditional families, the fields `family.EVAL_DATA_KEYS` of
+  records [b * batch_size, (b + 1) * batch_size) (SPADE draws from the reference records' label maps).
+  Outputs are rounded to uint8 as a saved PNG would be, so a folder of `generate` outputs scores the same.
+* Every process reads its share of each batch; generation and Inception run sharded over the mesh axis
+  "data" and the features come back replicated, so each process holds all of them (multi-host as training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import time
+from typing import Callable
+
+from absl import logging
+from etils import epath
+import grain
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+from ml_collections import config_dict
+import numpy as np
+
+from facegen_jax import errors
+from facegen_jax import families
+from facegen_jax.families import common
+from facegen_jax.metrics import fid
+from facegen_jax.metrics import inception
+from input_pipeline import pipeline
+from input_pipeline import transforms
+
+STATS_DIR = "fid_stats"  # Under the workdir, unless eval.stats_dir says otherwise.
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.eval with its defaults (base_config adds it; runs saved before it existed get these)."""
+  c = ml_collections.ConfigDict()
+  c.every_steps = 0             # FID/KID every this many steps and at the last step; 0: never.
+  c.num_samples = 10_000        # Generated images.
+  c.num_real = config_dict.placeholder(int)  # Reference images; None: num_samples.
+  c.batch_size = 50             # Images per generator + Inception call (a multiple of the device count).
+  c.inception_weights = config_dict.placeholder(str)  # .npz of `python -m facegen_jax.convert inception`.
+  c.stats_dir = config_dict.placeholder(str)  # Reference statistics cache; None: WORKDIR/fid_stats.
+  c.kid = True
+  c.kid_subsets = fid.KID_SUBSETS
+  c.kid_subset_size = fid.KID_SUBSET_SIZE
+  c.split = config_dict.placeholder(str)      # TFDS split of the reference data; None: input.tfds.split.
+  c.image_dir = config_dict.placeholder(str)  # Folder of reference images; None: input.folder.image_dir.
+  c.label_dir = config_dict.placeholder(str)  # Its parsing maps; None: input.folder.label_dir.
+  c.seed = 0                    # Generator noise: the same samples at every evaluation.
+  return c
+
+
+def eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.eval over the defaults (a config.json from before config.eval existed has none)."""
+  merged = default_config()
+  if "eval" in config:
+    merged.update(config.eval.to_dict() if hasattr(config.eval, "to_dict") else dict(config.eval))
+  return merged
+
+
+def num_real(e: ml_collections.ConfigDict) -> int:
+  return e.num_samples if e.num_real is None else e.num_real
+
+
+def config_option(key: str) -> str:
+  """How a training run sets eval.<key> ("kid_off": how it turns KID off)."""
+  return "--config.eval.kid=False" if key == "kid_off" else f"--config.eval.{key}"
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks config.eval before any training, naming the setting to change; only when evaluation is on."""
+  e = eval_config(config)
+  if not isinstance(e.every_steps, int) or e.every_steps < 0:
+    raise errors.ConfigError(f"config.eval.every_steps must be >= 0 (0 turns evaluation off), got {e.every_steps!r}")
+  if e.every_steps:
+    check_settings(e, config_option, off_hint=", or set --config.eval.every_steps=0 to train without FID")
+
+
+def check_settings(e: ml_collections.ConfigDict, option: Callable[[str], str] = config_option,
+                   off_hint: str = "") -> None:
+  """The settings an evaluation needs, in training or from the evaluate command; `option(key)` names the flag."""
+  for key in ("num_samples", "batch_size", "kid_subsets"):
+    if not isinstance(e[key], int) or e[key] < 1:
+      raise errors.ConfigError(f"eval.{key} must be a positive integer, got {e[key]!r}: set {option(key)}")
+  if num_real(e) < 2 or e.num_samples < 2:
+    raise errors.ConfigError(f"FID needs at least 2 images on each side, got {e.num_samples} generated and "
+                             f"{num_real(e)} real: raise {option('num_samples')} (thousands for a usable FID)")
+  if e.kid and e.kid_subset_size < 2:
+    raise errors.ConfigError(f"KID needs {option('kid_subset_size')} >= 2, got {e.kid_subset_size}")
+  if e.kid and e.kid_subset_size > min(e.num_samples, num_real(e)):
+    raise errors.ConfigError(
+        f"KID subset size {e.kid_subset_size} is larger than the {min(e.num_samples, num_real(e))} images: lower "
+        f"{option('kid_subset_size')} to at most {min(e.num_samples, num_real(e))}, raise "
+        f"{option('num_samples')}, or turn KID off with {option('kid_off')}")
+  if not e.inception_weights:
+    raise errors.ConfigError(
+        f"FID needs Inception weights and {option('inception_weights')} is not set: convert them with "
+        f"`{inception.CONVERT_COMMAND.format(path='inception.npz')}` and set {option('inception_weights')}="
+        f"inception.npz{off_hint}")
+  if not os.path.isfile(os.path.expanduser(e.inception_weights)):
+    raise errors.ConfigError(
+        f"Inception weights {e.inception_weights} not found: convert them with "
+        f"`{inception.CONVERT_COMMAND.format(path=e.inception_weights)}` or fix {option('inception_weights')}")
+
+
+def reference_input_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.input for the reference data: eval's split or folders, source order, centre crop, no flip."""
+  e = eval_config(config)
+  c = ml_collections.ConfigDict(config.input.to_dict())
+  c.shuffle, c.random_crop, c.random_flip = False, False, False
+  if e.split:
+    c.tfds.split = e.split
+  if e.image_dir:
+    c.folder.image_dir = e.image_dir
+    c.folder.label_dir = e.label_dir
+  return c
+
+
+def _file_digest(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def stats_file_name(input_config: ml_collections.ConfigDict, count: int, weights_digest: str) -> str:
+  """(dataset, split, resolution, count, weights) -> a file name; any change in them gives a new name."""
+  c = input_config
+  if c.source == "synthetic":
+    s = c.synthetic
+    dataset = f"synthetic-{s.domain}-seed{s.seed}-n{s.num_examples}-ids{s.num_identities or 'default'}"
+  elif c.source == "folder":
+    where = f"{os.path.abspath(c.folder.image_dir)}|{c.folder.label_dir}"
+    dataset = (f"folder-{os.path.basename(os.path.normpath(c.folder.image_dir))}-"
+               f"{hashlib.sha256(where.encode()).hexdigest()[:10]}")
+  else:
+    dataset = f"tfds-{c.tfds.name}-{c.tfds.split}"
+  resolution = f"{c.resize}{pipeline.load_size(c)}-crop{c.resolution}"
+  name = f"{dataset}_{resolution}_{count}_inception-{weights_digest[:12]}.npz"
+  return re.sub(r"[^A-Za-z0-9._=-]", "-", name)
+
+
+def _to_uint8(images: jax.Array) -> jax.Array:
+  """[-1, 1] -> uint8, rounding as `images.to_uint8` (and so a saved PNG) does."""
+  return jnp.clip((images.astype(jnp.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8)
+
+
+class _ReferenceRecords:
+  """Record i of the reference data as the model sees it at eval: image uint8, label int32 (if any)."""
+
+  def __init__(self, input_config, source):
+    self._source = source
+    self._resize = transforms.Resize(pipeline.load_size(input_config), input_config.resize)
+    self._crop = transforms.CropAndFlip(input_config.resolution, random_crop=False, random_flip=False)
+
+  def __call__(self, index: int) -> dict:
+    record = self._source[index]
+    if record is None:
+      raise errors.DataError(f"reference record {index} of {self._source!r} is unreadable: remove or replace it")
+    record = self._crop.random_map(self._resize.map(record), np.random.default_rng(0))
+    out = {"image": np.asarray(record["image"], np.uint8)}
+    if "label" in record:
+      out["label"] = np.asarray(record["label"], np.int32)
+    return out
+
+
+class Evaluator:
+  """Computes {"eval/fid", "eval/kid_mean", "eval/kid_std"} of a train state's generator.
+
+  Build it once (it loads the weights and compiles on first use); call it with a state. `stats_dir` is
+  where reference statistics are cached.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, *, stats_dir, source=None,
+               option: Callable[[str], str] = config_option):
+    self._config = config
+    self._eval = e = eval_config(config)
+    check_settings(e, option)
+    self._family = families.get_family(config.family)
+    self._mesh = mesh
+    devices = mesh.devices.size
+    self._batch_size = math.ceil(e.batch_size / devices) * devices
+    self._input = reference_input_config(config)
+    self._source = source if source is not None else pipeline.create_source(self._input)
+    self._num_real = num_real(e)
+    needed = max(self._num_real, e.num_samples if self._family.EVAL_DATA_KEYS else 0)
+    if len(self._source) < needed:
+      what = "real images" if self._num_real >= needed else "label maps for the generated images"
+      raise errors.ConfigError(
+          f"the reference data has {len(self._source)} examples, fewer than the {needed} {what}: lower "
+          f"{option('num_samples')} (or {option('num_real')}) to at most {len(self._source)}")
+    weights = os.path.expanduser(e.inception_weights)
+    self._stats_path = epath.Path(stats_dir) / stats_file_name(self._input, self._num_real, _file_digest(weights))
+    self._variables = jax.device_put(inception.load_params(weights), NamedSharding(mesh, P()))
+    self._features = fid.feature_fn(mesh)
+    self._data_sharding = NamedSharding(mesh, P("data"))
+    self._generate = jax.jit(self._generate_uint8, static_argnums=2, out_shardings=self._data_sharding)
+    self._real: fid.Statistics | None = None
+
+  def _generate_uint8(self, state, data: dict, size: int, key: jax.Array) -> jax.Array:
+    state = common.inference_state(state)
+    inputs = self._family.eval_inputs(self._config, key, size, data)
+    return _to_uint8(self._family.generate(self._config, state, inputs, key)["generated"])
+
+  def _local_batches(self, count: int, keys: tuple[str, ...]):
+    """This process's rows of each global batch over records [0, count), zero-padded at the end.
+
+    Yields (global index of the batch, number of real rows in it, {key: local rows}).
+    """
+    batch, processes, process = self._batch_size, jax.process_count(), jax.process_index()
+    per_process = batch // processes if batch % processes == 0 else None
+    if per_process is None:
+      raise errors.ConfigError(f"eval.batch_size {batch} must be a multiple of the {processes} processes")
+    num_batches = math.ceil(count / batch)
+    read = _ReferenceRecords(self._input, self._source)
+    indices = [b * batch + process * per_process + j for b in range(num_batches) for j in range(per_process)]
+    example = read(0)
+    blank = {k: np.zeros_like(example[k]) for k in keys}
+    records = grain.MapDataset.source(indices).map(
+        lambda i: {k: v for k, v in read(i).items() if k in keys} if i < count else blank)
+    records = records.to_iter_dataset(grain.ReadOptions(num_threads=self._input.read_threads,
+                                                        prefetch_buffer_size=2 * per_process))
+    for b, rows in enumerate(records.batch(per_process)):
+      yield b, min(batch, count - b * batch), rows
+
+  def _global(self, local: np.ndarray) -> jax.Array:
+    return jax.make_array_from_process_local_data(self._data_sharding, local)
+
+  def _collect(self, count: int, what: str, features_of_batch) -> np.ndarray:
+    """Runs `features_of_batch(b, local rows)` over the batches and gathers the first `count` feature rows."""
+    keys = ("image",) if what == "real" else tuple(self._family.EVAL_DATA_KEYS)
+    batches = (self._local_batches(count, keys) if keys else
+               ((b, min(self._batch_size, count - b * self._batch_size), {})
+                for b in range(math.ceil(count / self._batch_size))))
+    progress = _Progress(what, count)
+    out, pending, done = [], None, 0
+    for b, valid, rows in batches:
+      features = features_of_batch(b, rows)  # dispatched; the previous batch is fetched meanwhile
+      if pending is not None:
+        out.append(np.asarray(pending[0])[:pending[1]])
+        done += pending[1]
+        progress(done)
+      pending = (features, valid)
+    out.append(np.asarray(pending[0])[:pending[1]])
+    progress(count)
+    return np.concatenate(out)
+
+  def _real_features(self, b: int, rows: dict) -> jax.Array:
+    del b
+    return self._features(self._variables, self._global(rows["image"]))
+
+  def reference_statistics(self) -> fid.Statistics:
+    """The reference data's statistics: from the cache if there, else computed (by all processes) and cached."""
+    if self._real is None:
+      have = self._stats_path.exists()
+      if jax.process_count() > 1:  # All processes compute together unless every one can read the file.
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        have = bool(np.min(multihost_utils.process_allgather(np.int32(have))))
+      real = fid.Statistics.load(self._stats_path) if have else None
+      if real is not None and real.count != self._num_real:
+        real = None
+      if real is None:
+        logging.info("eval: reference statistics of %d images -> %s", self._num_real, self._stats_path)
+        real = fid.Statistics.of(self._collect(self._num_real, "real", self._real_features))
+        if not self._stats_path.exists():  # Each process whose filesystem lacks it; the write is atomic.
+          self._stats_path.parent.mkdir(parents=True, exist_ok=True)
+          real.save(self._stats_path)
+      else:
+        logging.info("eval: reference statistics from %s", self._stats_path)
+      self._real = real
+    return self._real
+
+  def generated_features(self, state) -> np.ndarray:
+    key = jax.random.key(self._eval.seed)
+
+    def features_of_batch(b, rows):
+      images = self._generate(state, {k: self._global(v) for k, v in rows.items()}, self._batch_size,
+                              jax.random.fold_in(key, b))
+      return self._features(self._variables, images)
+
+    return self._collect(self._eval.num_samples, "generated", features_of_batch)
+
+  def __call__(self, state) -> dict[str, float]:
+    real = self.reference_statistics()
+    fake = fid.Statistics.of(self.generated_features(state))
+    e = self._eval
+    result = fid.metrics(real, fake, with_kid=e.kid, num_subsets=e.kid_subsets, subset_size=e.kid_subset_size,
+                         option="eval.kid_subset_size")
+    return {f"eval/{name}": value for name, value in result.items()}
+
+
+class _Progress:
+  """Logs images done, rate and ETA every `every` seconds and at the end."""
+
+  def __init__(self, what: str, total: int, every: float = 15.0):
+    self._what, self._total, self._every = what, total, every
+    self._start = self._last = time.perf_counter()
+
+  def __call__(self, done: int) -> None:
+    now = time.perf_counter()
+    if done < self._total and now - self._last < self._every:
+      return
+    self._last = now
+    rate = done / max(now - self._start, 1e-9)
+    eta = (self._total - done) / rate if rate > 0 else float("inf")
+    logging.info("eval: %s images %d/%d (%.1f images/s, ETA %.0f s)", self._what, done, self._total, rate, eta)
