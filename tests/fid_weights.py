@@ -11,8 +11,6 @@ import pathlib
 import numpy as np
 import pytest
 
-from facegen_jax.metrics import inception
-
 CACHE_DIR = pathlib.Path(__file__).resolve().parents[1] / ".cache" / "fid"
 ENV = "FACEGEN_FID_WEIGHTS"
 GET_COMMAND = "python tests/get_fid_weights.py"
@@ -43,6 +41,8 @@ def pytorch_fid_dir() -> pathlib.Path:
 
 def write_random_weights(path, seed=0) -> dict:
   """Random InceptionV3 variables as the converter's .npz (BatchNorm kept near identity)."""
+  # Imported here: get_fid_weights.py imports this module as a script, before the repo is on sys.path.
+  from facegen_jax.metrics import inception  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   arrays = {}
   for name, shape in inception.expected_shapes().items():
