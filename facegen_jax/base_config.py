@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.async_checkpointing = True
   # What a non-finite loss does: "error" stops with the step and metric named; "skip" drops that update.
   config.nonfinite = "error"
+  # Exponential moving average of the generator's parameters, updated after every step and used for samples,
+  # evaluation and generation; 0 keeps none (the originals keep none; e.g. 0.999 as StyleGAN-style setups).
+  config.ema_decay = 0.0
   config.input = pipeline.default_input_config()
   config.eval = evaluator.default_config()  # FID/KID during training (off by default; see configs/).
   return config

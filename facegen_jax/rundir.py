@@ -85,7 +85,7 @@ def restore_state(workdir, config: ml_collections.ConfigDict, *, step: int | Non
   `best`: from DIR/best_checkpoint (the lowest FID of a run that evaluated) instead of DIR/checkpoints.
   Returns (state, step). Only the "state" item is read, so the input pipeline need not exist here.
   """
-  family = families.get_family(config.family)
+  families.get_family(config.family)  # An unknown family is a ConfigError naming the known ones.
   directory = _directory(workdir, best)
   if step is None:
     step = latest_step(workdir, best=best)
@@ -99,7 +99,7 @@ def restore_state(workdir, config: ml_collections.ConfigDict, *, step: int | Non
     raise errors.UserError(f"no checkpoint for step {step} in {directory}: leave out the step to "
                            f"use the latest ({latest_step(workdir, best=best)})")
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.eval_shape(lambda key: family.init_state(config, key), jax.random.key(0))
+  abstract = jax.eval_shape(lambda key: families.init_state(config, key), jax.random.key(0))
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
   with ocp.CheckpointManager(directory) as manager:
     restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))

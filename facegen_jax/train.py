@@ -7,7 +7,6 @@ SIGKILL or SIGTERM) continues with the same parameters and the same data order.
 """
 
 import dataclasses
-import functools
 import json
 import math
 import signal
@@ -26,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
 from facegen_jax import errors
@@ -82,6 +82,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config[key], int) or config[key] <= 0:
       raise errors.ConfigError(f"config.{key} must be a positive integer, got {config[key]!r}: "
                                f"set --config.{key}")
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise errors.ConfigError(f"config.ema_decay={config.ema_decay!r} must be in [0, 1) (0: no EMA generator): "
+                             "set --config.ema_decay, e.g. 0.999")
   if config.nonfinite not in NONFINITE_MODES:
     raise errors.ConfigError(f"config.nonfinite={config.nonfinite!r}: set it to one of {NONFINITE_MODES}")
   evaluator_lib.validate(config)
@@ -95,10 +98,15 @@ def _state_shardings(abstract_state, mesh: Mesh):
 
 
 def _guarded_step(family, config, train_key):
-  """The family's step with the per-step key folded in and, when configured, non-finite updates dropped."""
+  """The family's step with the per-step key folded in, the EMA generator updated (config.ema_decay > 0) and,
+  when configured, non-finite updates dropped."""
   def step(state, batch):
     rng = jax.random.fold_in(train_key, state.step)
     new_state, metrics = family.train_step(config, state, batch, rng)
+    if config.ema_decay:
+      # ema <- decay * ema + (1 - decay) * G, after G's update.
+      new_state = new_state.replace(ema_params=optax.incremental_update(
+          new_state.g_params, state.ema_params, step_size=1.0 - config.ema_decay))
     if config.nonfinite == "skip":
       finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -268,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       process_index=jax.process_index(), process_count=jax.process_count(), source=source)
 
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  init_fn = functools.partial(family.init_state, config)
+  init_fn = lambda rng: families.init_state(config, rng)
   abstract_state = jax.eval_shape(init_fn, init_key)
   state_sharding = _state_shardings(abstract_state, mesh)
   batch_sharding = NamedSharding(mesh, P("data"))
@@ -289,7 +297,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     has_data = rundir.has_item(paths.workdir, latest, rundir.DATA_ITEM)
     if has_data:
       items[rundir.DATA_ITEM] = grain.checkpoint.CheckpointRestore(train_iter)
-    state = manager.restore(latest, args=ocp.args.Composite(**items))[rundir.STATE_ITEM]
+    try:
+      state = manager.restore(latest, args=ocp.args.Composite(**items))[rundir.STATE_ITEM]
+    except ValueError:  # Orbax's tree mismatch; the one we can mend is a checkpoint saved without EMA.
+      if not config.ema_decay:
+        raise
+      items[rundir.STATE_ITEM] = ocp.args.StandardRestore(target.replace(ema_params=None))
+      state = manager.restore(latest, args=ocp.args.Composite(**items))[rundir.STATE_ITEM]
+      state = state.replace(ema_params=jax.tree.map(jnp.copy, state.g_params))
+      logging.warning("The checkpoint at step %d has no EMA generator (saved with ema_decay 0 or converted): "
+                      "the EMA starts from G's parameters.", latest)
     logging.info("Resumed from the checkpoint at step %d in %s%s", latest, paths.checkpoints,
                  "" if has_data else " (a converted checkpoint without data position: the data starts anew)")
   for name in ("g_params", "d_params"):
@@ -297,7 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       logging.info("%s: %s parameters", name, f"{common.count_params(getattr(state, name)):,}")
 
   step_fn = jit_train_step(family, config, train_key, state_sharding, batch_sharding)
-  sample_fn = jax.jit(functools.partial(family.sample, config), out_shardings=NamedSharding(mesh, P()))
+  sample_fn = jax.jit(lambda state, inputs: family.sample(config, common.inference_state(state), inputs),
+                      out_shardings=NamedSharding(mesh, P()))
   sample_inputs = _sample_inputs(family, config, mesh, source)
 
   best = _BestCheckpoint(paths.workdir) if evaluator is not None else None

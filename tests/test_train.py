@@ -16,6 +16,7 @@ import pytest
 from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax import train
+from facegen_jax.families import common
 from facegen_jax.families import dcgan
 from tests.conftest import REPO, run_main, tiny_config
 
@@ -70,8 +71,9 @@ def _recording_batches(monkeypatch, record, crash_at=None):
   monkeypatch.setattr(train, "_host_batch_to_global", wrapped)
 
 
-def test_crash_and_resume_is_bit_identical(tmp_path, monkeypatch):
-  config = tiny_config("dcgan", num_train_steps=6)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_crash_and_resume_is_bit_identical(tmp_path, monkeypatch, ema_decay):
+  config = tiny_config("dcgan", num_train_steps=6, ema_decay=ema_decay)
   uninterrupted_batches, resumed_batches = [], []
   _recording_batches(monkeypatch, uninterrupted_batches)
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
@@ -85,6 +87,29 @@ def test_crash_and_resume_is_bit_identical(tmp_path, monkeypatch):
   resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
   assert after_crash == uninterrupted_batches[4:]  # Same data order after the restart.
   _assert_trees_equal(uninterrupted, resumed)
+
+
+def test_ema_generator_is_the_moving_average_of_g(tmp_path):
+  config = tiny_config("dcgan", ema_decay=0.75)
+  key = jax.random.key(0)
+  state = families.init_state(config, key)
+  _assert_trees_equal(state.ema_params, state.g_params)
+  assert families.init_state(tiny_config("dcgan"), key).ema_params is None
+  assert jax.eval_shape(lambda k: families.init_state(tiny_config("spade", ema_decay=0.5), k), key).ema_params
+  step = jax.jit(train._guarded_step(families.get_family("dcgan"), config, key))
+  batch = {"image": jax.random.uniform(jax.random.key(1), (8, 32, 32, 3), minval=-1, maxval=1)}
+  expected = state.g_params
+  for _ in range(3):
+    state, _ = step(state, batch)
+    expected = jax.tree.map(lambda e, g: 0.75 * e + 0.25 * g, expected, state.g_params)
+    _assert_trees_equal(state.ema_params, expected, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(jax.tree.leaves(state.ema_params)[0], jax.tree.leaves(state.g_params)[0])
+  # Samples, evaluation and `generate` all take G from common.inference_state.
+  assert common.inference_state(state).g_params is state.ema_params
+  # A run saved without EMA resumes with it, the average starting from G.
+  train.train_and_evaluate(tiny_config("dcgan", num_train_steps=2), str(tmp_path))
+  resumed = train.train_and_evaluate(tiny_config("dcgan", num_train_steps=4, ema_decay=0.75), str(tmp_path))
+  assert resumed.ema_params is not None and int(resumed.step) == 4
 
 
 def _final_params(workdir: pathlib.Path):

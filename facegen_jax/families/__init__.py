@@ -16,6 +16,10 @@ A family module provides:
 
 import types
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+
 from facegen_jax import errors
 from facegen_jax.families import dcgan
 from facegen_jax.families import spade
@@ -31,3 +35,14 @@ def get_family(name: str) -> types.ModuleType:
     raise errors.ConfigError(
         f"unknown family {name!r}: set --config.family to one of {', '.join(sorted(FAMILIES))}")
   return FAMILIES[name]
+
+
+def init_state(config: ml_collections.ConfigDict, rng: jax.Array):
+  """The family's initial state, with the EMA generator (a copy of G's parameters) when config.ema_decay > 0.
+
+  Training, restoring and converting all build states through this, so a checkpoint's structure is one thing.
+  """
+  state = get_family(config.family).init_state(config, rng)
+  if config.get("ema_decay", 0.0):
+    state = state.replace(ema_params=jax.tree.map(jnp.copy, state.g_params))
+  return state

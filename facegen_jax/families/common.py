@@ -20,7 +20,7 @@ class GANState:
   g_opt_state: optax.OptState
   d_opt_state: optax.OptState
   batch_stats: PyTree
-  ema_params: PyTree = None
+  ema_params: PyTree = None  # The moving average of g_params when config.ema_decay > 0 (set by the loop).
 
 
 def inference_state(state):

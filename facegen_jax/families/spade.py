@@ -68,6 +68,7 @@ class SPADEState:
   d_opt_state: optax.OptState
   batch_stats: common.PyTree
   spectral_stats: common.PyTree
+  ema_params: common.PyTree = None  # The moving average of g_params when config.ema_decay > 0.
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
