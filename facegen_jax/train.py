@@ -9,6 +9,7 @@ SIGKILL or SIGTERM) continues with the same parameters and the same data order.
 import dataclasses
 import json
 import math
+import resource
 import signal
 import threading
 import time
@@ -77,6 +78,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
         f"config.batch_size={config.batch_size} must be a positive multiple of the {devices} devices: "
         f"set --config.batch_size to e.g. {devices * max(1, math.ceil(max(config.batch_size, 1) / devices))}")
+  for key in ("num_steps", "first_step"):
+    if not isinstance(config.profile[key], int) or config.profile[key] < 0:
+      raise errors.ConfigError(f"config.profile.{key} must be an integer >= 0, got {config.profile[key]!r}: "
+                               f"set --config.profile.{key}")
   for key in ("num_train_steps", "log_every_steps", "sample_every_steps", "checkpoint_every_steps",
               "keep_checkpoints", "num_sample_images"):
     if not isinstance(config[key], int) or config[key] <= 0:
@@ -176,6 +181,36 @@ def _sample_inputs(family, config, mesh, source):
   inputs = family.sample_inputs(config, jax.random.key(config.seed + 2), batch)
   replicated = NamedSharding(mesh, P())
   return jax.tree.map(lambda x: jax.device_put(np.asarray(x), replicated), inputs)
+
+
+def _memory_scalars() -> dict[str, float]:
+  """Memory in use on this process's first device (where the backend reports it: GPU, TPU) and the host's peak."""
+  scalars = {"perf/host_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
+  stats = jax.local_devices()[0].memory_stats()  # None on CPU
+  if stats:
+    scalars["perf/device_memory_gib"] = stats.get("bytes_in_use", 0) / 2**30
+    scalars["perf/device_peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
+  return scalars
+
+
+class _Profiler:
+  """A jax.profiler trace of config.profile.num_steps steps from first_step (clu's periodic action) into the
+  TensorBoard directory, stopped at the end of the run if it is still open."""
+
+  def __init__(self, config, logdir: epath.Path):
+    self._action = None
+    if config.profile.num_steps:
+      self._action = periodic_actions.Profile(
+          logdir=logdir, num_profile_steps=config.profile.num_steps, profile_duration_ms=None,
+          first_profile=config.profile.first_step, every_steps=None, every_secs=None)
+
+  def __call__(self, step: int) -> None:
+    if self._action is not None:
+      self._action(step)
+
+  def close(self) -> None:
+    if self._action is not None and self._action._session_running:  # pylint: disable=protected-access
+      jax.profiler.stop_trace()
 
 
 class _MetricAverager:
@@ -323,6 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       str(paths.tensorboard), just_logging=jax.process_index() > 0, asynchronous=True)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps)
+  profiler = _Profiler(config, paths.tensorboard)
   _log_locations(paths, "Writing", with_best=best is not None)
   watcher = _PreemptionWatcher()
   averager = _MetricAverager(config.nonfinite)
@@ -339,6 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         averager.add(*pending, last_checkpoint)
       pending = (step, metrics)
       report_progress(step)
+      profiler(step)
       is_last = step == config.num_train_steps
       if step % config.log_every_steps == 0 or is_last:
         averager.add(*pending, last_checkpoint)
@@ -346,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         scalars = averager.pop()
         elapsed = time.perf_counter() - log_start[1]
         scalars["perf/images_per_sec"] = (step - log_start[0]) * config.batch_size / max(elapsed, 1e-9)
+        scalars.update(_memory_scalars())
         log_start = (step, time.perf_counter())
         writer.write_scalars(step, scalars)
       if step % config.sample_every_steps == 0 or is_last:
@@ -360,6 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         logging.warning("SIGTERM: saved a checkpoint at step %d; exiting so the job can be restarted.", step)
         break
   finally:
+    profiler.close()
     watcher.close()
     if best is not None:
       best.close()

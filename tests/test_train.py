@@ -53,6 +53,16 @@ def test_run_writes_tensorboard_samples_and_checkpoints(workdir):
   assert sorted(steps) == [2, 4]
 
 
+@pytest.mark.parametrize("first_step, num_steps", [(2, 1), (3, 5)])  # ends inside the run; open at its end
+def test_profile_trace_and_memory_scalars(tmp_path, first_step, num_steps):
+  config = tiny_config("dcgan", **{"profile.first_step": first_step, "profile.num_steps": num_steps})
+  train.train_and_evaluate(config, str(tmp_path))
+  traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert {"perf/host_peak_rss_gib", "steps_per_sec", "perf/images_per_sec"} <= _event_tags(tmp_path / "tensorboard")
+  train.train_and_evaluate(tiny_config("dcgan", num_train_steps=6), str(tmp_path))  # no trace left open
+
+
 class _Crash(Exception):
   pass
 
@@ -250,6 +260,8 @@ def test_nonfinite_skip_keeps_the_previous_state(tmp_path, nan_family):
     ({"nonfinite": "ignore"}, "config.nonfinite='ignore'"),
     ({"g_opt.lr": -1.0}, "config.g_opt.lr must be > 0"),
     ({"gan_loss": "wgan"}, "set --config.gan_loss to one of"),
+    ({"ema_decay": 1.0}, r"config.ema_decay=1.0 must be in \[0, 1\)"),
+    ({"profile.num_steps": -1}, "config.profile.num_steps must be an integer >= 0"),
 ])
 def test_bad_config_values_are_user_errors(workdir, overrides, message):
   with pytest.raises(errors.UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
