@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import random
 import signal
 import subprocess
 import sys
@@ -154,22 +155,38 @@ def test_sigkill_and_restart_gives_the_uninterrupted_result(tmp_path):
   _assert_trees_equal(state_a, state_b)
 
 
-def test_sigterm_saves_and_exits_zero(tmp_path):
-  flags = [*_TINY, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=50000",
-           "--config.log_every_steps=10", "--workdir", str(tmp_path)]
-  process = subprocess.Popen([sys.executable, "-m", "facegen_jax.main", *flags], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 300
-  lines = []
-  for line in process.stdout:
-    lines.append(line)
-    if "steps/s" in line or time.time() > deadline:  # The first progress report: training is under way.
-      break
-  process.send_signal(signal.SIGTERM)
-  output, _ = process.communicate(timeout=300)
+def test_sigterm_at_a_random_step_saves_exits_zero_and_resumes_bit_identically(tmp_path):
+  """SIGTERM at a random moment of a run with EMA, random crops and flips: it checkpoints the step it is at and
+  exits 0, and the restart ends where an uninterrupted run does (parameters, optimizer, EMA, data position and
+  augmentation draws all restored)."""
+  flags = [*_TINY, "--config.num_train_steps=200", "--config.checkpoint_every_steps=1000",
+           "--config.sample_every_steps=1000", "--config.log_every_steps=10", "--config.ema_decay=0.9",
+           "--config.input.load_size=40", "--config.input.random_crop=True", "--config.input.random_flip=True"]
+  run_main(*flags, "--workdir", str(tmp_path / "a"))
+  workdir = tmp_path / "b"
+  process = subprocess.Popen([sys.executable, "-m", "facegen_jax.main", *flags, "--workdir", str(workdir)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + 300
+    lines = []
+    for line in process.stdout:
+      lines.append(line)
+      if "steps/s" in line or time.time() > deadline:  # The first progress report: training is under way.
+        break
+    delay = random.Random().uniform(0.0, 4.0)
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+  finally:
+    process.kill()
   assert process.returncode == 0, "".join(lines) + output
-  step, _ = _final_params(tmp_path)
-  assert 0 < step < 100000
+  stopped_at, _ = _final_params(workdir)
+  assert 10 <= stopped_at < 200, f"SIGTERM {delay:.2f} s after step 10 landed at step {stopped_at}"
+  run_main(*flags, "--workdir", str(workdir))
+  step_a, state_a = _final_params(tmp_path / "a")
+  step_b, state_b = _final_params(workdir)
+  assert step_a == step_b == 200
+  _assert_trees_equal(state_a, state_b)
 
 
 _DUMP = """
