@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Exponential moving average of the generator's parameters, updated after every step and used for samples,
   # evaluation and generation; 0 keeps none (the originals keep none; e.g. 0.999 as StyleGAN-style setups).
   config.ema_decay = 0.0
+  # "bfloat16": mixed precision (the TPU default): convolutions and matmuls in bfloat16; parameters, optimizer
+  # state, normalisation statistics and losses in float32. "float32" everywhere otherwise.
+  config.compute_dtype = "float32"
   # A jax.profiler trace of `num_steps` steps from `first_step` into tensorboard/plugins/profile (TensorBoard's
   # profile tab); 0 steps: none.
   config.profile = ml_collections.ConfigDict(dict(num_steps=0, first_step=10))

@@ -90,6 +90,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.ema_decay < 1.0:
     raise errors.ConfigError(f"config.ema_decay={config.ema_decay!r} must be in [0, 1) (0: no EMA generator): "
                              "set --config.ema_decay, e.g. 0.999")
+  if config.compute_dtype not in common.COMPUTE_DTYPES:
+    raise errors.ConfigError(f"config.compute_dtype={config.compute_dtype!r}: set it to one of "
+                             f"{tuple(common.COMPUTE_DTYPES)}")
   if config.nonfinite not in NONFINITE_MODES:
     raise errors.ConfigError(f"config.nonfinite={config.nonfinite!r}: set it to one of {NONFINITE_MODES}")
   evaluator_lib.validate(config)

@@ -23,6 +23,28 @@ class GANState:
   ema_params: PyTree = None  # The moving average of g_params when config.ema_decay > 0 (set by the loop).
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def to_compute(config, tree):
+  """Floating leaves of `tree` in config.compute_dtype ("bfloat16": mixed precision).
+
+  Families cast parameters and inputs with this inside the function they differentiate, so the gradient comes
+  back through the cast to the float32 parameters in float32: parameters, optimizer state, running statistics
+  (not cast: they are not parameters) and losses stay float32, the network's convolutions and matmuls run in
+  bfloat16. Three tree maps, so no mixed-precision library (jmp, unmaintained since 2022) is worth a dependency.
+  """
+  dtype = COMPUTE_DTYPES[config.get("compute_dtype", "float32")]
+  if dtype == jnp.float32:
+    return tree
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def to_float32(tree):
+  """Floating leaves back to float32 (network outputs, before any loss)."""
+  return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def inference_state(state):
   """The state with its EMA generator as g_params, where it keeps one: what generation and evaluation use."""
   ema = getattr(state, "ema_params", None)

@@ -113,10 +113,17 @@ def train_step(config: ml_collections.ConfigDict, state: common.GANState, batch:
   real = batch["image"]
   z = jax.random.normal(common.step_rngs(rng, "z")["z"], (real.shape[0], config.model.nz))
 
+  to_compute = functools.partial(common.to_compute, config)  # Identity unless config.compute_dtype="bfloat16".
+
   def g_forward(g_params):
-    fake, upd = generator.apply({"params": g_params, "batch_stats": state.batch_stats["g"]}, z,
-                                mutable=["batch_stats"])
-    return fake, upd["batch_stats"]
+    fake, upd = generator.apply({"params": to_compute(g_params), "batch_stats": state.batch_stats["g"]},
+                                to_compute(z), mutable=["batch_stats"])
+    return common.to_float32(fake), upd["batch_stats"]
+
+  def d_forward(d_params, d_stats, x):
+    logits, upd = discriminator.apply({"params": to_compute(d_params), "batch_stats": d_stats}, to_compute(x),
+                                      mutable=["batch_stats"])
+    return common.to_float32(logits), upd
 
   # One G forward serves both updates, as in the PyTorch loop: D sees it detached, G's gradient is pulled back
   # through it after the D update.
@@ -124,10 +131,8 @@ def train_step(config: ml_collections.ConfigDict, state: common.GANState, batch:
 
   def d_loss_fn(d_params):
     d_stats = state.batch_stats["d"]
-    real_logits, upd = discriminator.apply({"params": d_params, "batch_stats": d_stats}, real,
-                                           mutable=["batch_stats"])
-    fake_logits, upd = discriminator.apply({"params": d_params, "batch_stats": upd["batch_stats"]}, fake,
-                                           mutable=["batch_stats"])
+    real_logits, upd = d_forward(d_params, d_stats, real)
+    fake_logits, upd = d_forward(d_params, upd["batch_stats"], fake)
     loss = losses.discriminator_loss(config.gan_loss, real_logits=real_logits, fake_logits=fake_logits)
     return loss, (upd["batch_stats"], real_logits, fake_logits)
 
@@ -137,8 +142,7 @@ def train_step(config: ml_collections.ConfigDict, state: common.GANState, batch:
   d_params = optax.apply_updates(state.d_params, d_step)
 
   def g_adversarial_loss(fake):
-    logits, d_upd = discriminator.apply({"params": d_params, "batch_stats": d_stats}, fake,
-                                        mutable=["batch_stats"])
+    logits, d_upd = d_forward(d_params, d_stats, fake)
     loss = losses.generator_loss(config.gan_loss, fake_logits=logits)
     return loss, (d_upd["batch_stats"], logits)
 

@@ -179,29 +179,33 @@ def _one_hot(config, label):
 def _generate(config, g_params, stats, segmap, real, noise):
   """G (and with use_vae the encoder) in training mode -> (fake, mu, logvar, updated stats)."""
   generator, _, encoder = _models(config)
-  g_params = dict(g_params)
+  # Mixed precision (config.compute_dtype): parameters and inputs cast here, outputs back to float32.
+  g_params, segmap, real_in = common.to_compute(config, (dict(g_params), segmap, real))
   new_stats = dict(stats)
   z = mu = logvar = None
   if config.model.use_vae:
     (mu, logvar), e_upd = encoder.apply(
-        {"params": g_params.pop("encoder"), sn_lib.SPECTRAL_STATS: stats["spectral"]["e"]}, real, train=True,
+        {"params": g_params.pop("encoder"), sn_lib.SPECTRAL_STATS: stats["spectral"]["e"]}, real_in, train=True,
         mutable=[sn_lib.SPECTRAL_STATS])
-    z = mu + jnp.exp(0.5 * logvar) * noise  # The original's reparameterize.
+    mu, logvar = common.to_float32((mu, logvar))
+    z = common.to_compute(config, mu + jnp.exp(0.5 * logvar) * noise)  # The original's reparameterize.
     new_stats["spectral"] = dict(stats["spectral"], e=e_upd.get(sn_lib.SPECTRAL_STATS, {}))
   fake, g_upd = generator.apply(
       {"params": g_params, "batch_stats": stats["batch"]["g"], sn_lib.SPECTRAL_STATS: stats["spectral"]["g"]},
       segmap, z, train=True, mutable=_TRAIN_COLLECTIONS)
   new_stats["batch"] = {"g": g_upd.get("batch_stats", {})}
   new_stats["spectral"] = dict(new_stats["spectral"], g=g_upd.get(sn_lib.SPECTRAL_STATS, {}))
-  return fake, mu, logvar, new_stats
+  return common.to_float32(fake), mu, logvar, new_stats
 
 
 def _discriminate(config, d_params, d_spectral, segmap, fake, real):
   """One D call on concat(fake, real) -> (fake outputs, real outputs, updated spectral stats), per scale."""
   _, discriminator, _ = _models(config)
-  outputs, upd = discriminator.apply(
-      {"params": d_params, sn_lib.SPECTRAL_STATS: d_spectral}, jnp.concatenate([segmap, segmap]),
-      jnp.concatenate([fake, real]), train=True, mutable=[sn_lib.SPECTRAL_STATS])
+  d_params, segmaps, images = common.to_compute(
+      config, (d_params, jnp.concatenate([segmap, segmap]), jnp.concatenate([fake, real])))
+  outputs, upd = discriminator.apply({"params": d_params, sn_lib.SPECTRAL_STATS: d_spectral}, segmaps, images,
+                                     train=True, mutable=[sn_lib.SPECTRAL_STATS])
+  outputs = common.to_float32(outputs)
   n = fake.shape[0]
   pred_fake = [[f[:n] for f in scale] for scale in outputs]
   pred_real = [[f[n:] for f in scale] for scale in outputs]

@@ -82,9 +82,10 @@ def upsample2(x: jax.Array) -> jax.Array:
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
   """`nn.InstanceNorm2d(affine=False)`: per example and channel over H, W, biased variance, no running stats."""
-  mean = x.mean(axis=(1, 2), keepdims=True)
-  var = jnp.square(x - mean).mean(axis=(1, 2), keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + eps)
+  xf = x.astype(jnp.float32)  # Statistics in float32 also under bfloat16 compute.
+  mean = xf.mean(axis=(1, 2), keepdims=True)
+  var = jnp.square(xf - mean).mean(axis=(1, 2), keepdims=True)
+  return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def avg_pool_exclude_pad(x: jax.Array) -> jax.Array:
@@ -114,6 +115,7 @@ class ParamFreeBatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     channels = x.shape[-1]
+    x, dtype = x.astype(jnp.float32), x.dtype  # Statistics in float32 also under bfloat16 compute.
     running_mean = self.variable("batch_stats", "running_mean", jnp.zeros, (channels,), jnp.float32)
     running_var = self.variable("batch_stats", "running_var", jnp.ones, (channels,), jnp.float32)
     if not train:
@@ -126,7 +128,7 @@ class ParamFreeBatchNorm(nn.Module):
         unbiased_var = var * (count / max(count - 1, 1))
         running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
         running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased_var
-    return (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return ((x - mean) * jax.lax.rsqrt(var + self.eps)).astype(dtype)
 
 
 class SPADE(nn.Module):

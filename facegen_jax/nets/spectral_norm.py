@@ -99,16 +99,19 @@ class SNConv(nn.Module):
   def __call__(self, x: jax.Array, *, update_stats: bool) -> jax.Array:
     kernel_size = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
     kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features))
+    # The power iteration and sigma in float32 even when the kernel arrives cast to bfloat16 (mixed precision);
+    # the convolution then runs in the input's dtype.
+    kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
     kh, kw, c_in, c_out = kernel.shape
     u = self._unit_vector("u", c_out)
     v = self._unit_vector("v", c_in * kh * kw)
     if update_stats and not self.is_initializing():
       u.value, v.value = power_iteration(kernel, u.value, num_iterations=self.num_power_iterations,
                                          eps=self.eps)
-    kernel = kernel / sigma(kernel, u.value, v.value)
+    kernel = (kernel / sigma(kernel, u.value, v.value)).astype(x.dtype)
     y = conv_lib.conv(x, kernel, self.strides, canonicalize_padding(self.padding, 2))
     if self.use_bias:
-      y += self.param("bias", self.bias_init, (self.features,))
+      y += self.param("bias", self.bias_init, (self.features,)).astype(y.dtype)
     return y
 
   def _unit_vector(self, name: str, size: int):
