@@ -26,6 +26,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard 
 _MULTIPROCESS = flags.DEFINE_bool(
     "multiprocess", None,
     "Call jax.distributed.initialize() (auto-detected on Cloud TPU, SLURM and with JAX_COORDINATOR_ADDRESS).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for clusters JAX does not detect (then also "
+    "--num_processes and --process_id); implies --multiprocess.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -46,7 +51,12 @@ def main(argv):
   multiprocess = _MULTIPROCESS.value
   if multiprocess is None:
     multiprocess = _is_multiprocess_environment()
-  if multiprocess:
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(value is not None for value in explicit):
+    if any(value is None for value in explicit):
+      raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
+    jax.distributed.initialize(*explicit)  # On CPU the collectives go through gloo (JAX's default).
+  elif multiprocess:
     jax.distributed.initialize()
   logging.info("JAX %s, process %d of %d", jax.__version__, jax.process_index(), jax.process_count())
   try:
