@@ -56,7 +56,7 @@ def main(_):
   mesh = train.create_mesh()
   batch_sharding = NamedSharding(mesh, P("data"))
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  init_fn = functools.partial(family.init_state, config)
+  init_fn = functools.partial(families.init_state, config)  # with the EMA generator when config.ema_decay > 0
   state_sharding = train._state_shardings(jax.eval_shape(init_fn, init_key), mesh)  # pylint: disable=protected-access
   state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
   iterator = pipeline.create_train_iterator(config.input, seed=config.seed, global_batch_size=config.batch_size)

@@ -105,12 +105,17 @@ def _state_shardings(abstract_state, mesh: Mesh):
   return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
 
 
-def _guarded_step(family, config, train_key):
+def _guarded_step(family, config, train_key, mesh: Mesh | None = None):
   """The family's step with the per-step key folded in, the EMA generator updated (config.ema_decay > 0) and,
-  when configured, non-finite updates dropped."""
+  when configured, non-finite updates dropped. Traced under `mesh` (if given), so a family can split the
+  batch-sized arrays it creates over "data" (`common.shard_over_batch`)."""
   def step(state, batch):
     rng = jax.random.fold_in(train_key, state.step)
-    new_state, metrics = family.train_step(config, state, batch, rng)
+    if mesh is None:
+      new_state, metrics = family.train_step(config, state, batch, rng)
+    else:
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        new_state, metrics = family.train_step(config, state, batch, rng)
     if config.ema_decay:
       # ema <- decay * ema + (1 - decay) * G, after G's update.
       new_state = new_state.replace(ema_params=optax.incremental_update(
@@ -127,7 +132,7 @@ def _guarded_step(family, config, train_key):
 def jit_train_step(family, config, train_key, state_sharding, batch_sharding):
   """The jitted, state-donating train step; on CPU compiled with the options that make its convs fast."""
   compiler_options = conv_lib.CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-  return jax.jit(_guarded_step(family, config, train_key),
+  return jax.jit(_guarded_step(family, config, train_key, batch_sharding.mesh),
                  in_shardings=(state_sharding, batch_sharding),
                  out_shardings=(state_sharding, NamedSharding(batch_sharding.mesh, P())), donate_argnums=0,
                  compiler_options=compiler_options)

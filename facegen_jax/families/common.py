@@ -45,6 +45,18 @@ def to_float32(tree):
   return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def shard_over_batch(x: jax.Array) -> jax.Array:
+  """Splits x's leading (batch) axis over the mesh axis "data" when traced under the loop's mesh.
+
+  For values a step creates rather than reads (DCGAN's z): left to itself, XLA replicates an array drawn from
+  a replicated key, and every device would then run G on the whole batch.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "data" not in mesh.axis_names:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec("data"))
+
+
 def inference_state(state):
   """The state with its EMA generator as g_params, where it keeps one: what generation and evaluation use."""
   ema = getattr(state, "ema_params", None)

@@ -111,7 +111,7 @@ def train_step(config: ml_collections.ConfigDict, state: common.GANState, batch:
   g_tx = optim.create_optimizer(config.g_opt, config.num_train_steps, name="g_opt")
   d_tx = optim.create_optimizer(config.d_opt, config.num_train_steps, name="d_opt")
   real = batch["image"]
-  z = jax.random.normal(common.step_rngs(rng, "z")["z"], (real.shape[0], config.model.nz))
+  z = common.shard_over_batch(jax.random.normal(common.step_rngs(rng, "z")["z"], (real.shape[0], config.model.nz)))
 
   to_compute = functools.partial(common.to_compute, config)  # Identity unless config.compute_dtype="bfloat16".
 

@@ -1,0 +1,58 @@
+"""benchmarks/collectives.py's HLO reading: counts and bytes on a fixed module text and on a compiled step."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+_SPEC = importlib.util.spec_from_file_location("collectives", REPO / "benchmarks" / "collectives.py")
+collectives = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(collectives)
+
+_HLO = """
+HloModule step
+ENTRY %main (p0: f32[4,8]) -> f32[4,8] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %all-reduce = f32[4,8]{1,0} all-reduce(f32[4,8]{1,0} %p0), replica_groups={{0,1}}, to_apply=%add
+  %all-reduce.1 = (f32[3]{0}, bf16[2,5]{1,0}) all-reduce(f32[3]{0} %a, bf16[2,5]{1,0} %b), to_apply=%add
+  %all-gather-start = (bf16[2,4]{1,0}, bf16[4,4]{1,0}) all-gather-start(bf16[2,4]{1,0} %c), dimensions={0}
+  %all-gather-done = bf16[4,4]{1,0} all-gather-done((bf16[2,4]{1,0}, bf16[4,4]{1,0}) %all-gather-start)
+  %collective-permute = s32[7]{0} collective-permute(s32[7]{0} %d), source_target_pairs={{0,1},{1,0}}
+  %not-a-collective = f32[2]{0} add(f32[2]{0} %e, f32[2]{0} %f)
+  ROOT %r = f32[4,8]{1,0} copy(%all-reduce)
+}
+"""
+
+
+def test_counts_and_bytes_of_a_fixed_module():
+  counts = collectives.count_collectives(_HLO)
+  assert counts["all-reduce"] == (2, 4 * 8 * 4 + 3 * 4 + 2 * 5 * 2)
+  assert counts["all-gather"] == (1, 4 * 4 * 2)  # the async pair once, at its -done
+  assert counts["collective-permute"] == (1, 7 * 4)
+  assert counts["reduce-scatter"] == counts["all-to-all"] == (0, 0)
+  assert collectives.shape_bytes("(f32[2,3]{1,0}, pred[5]{0}, f32[]{})") == 24 + 5 + 4
+
+
+_PSUM = """
+import importlib.util, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+spec = importlib.util.spec_from_file_location("collectives", "benchmarks/collectives.py")
+collectives = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(collectives)
+assert jax.device_count() == 4
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+fn = jax.jit(lambda x: jnp.sum(x, axis=0), in_shardings=NamedSharding(mesh, P("data")),
+             out_shardings=NamedSharding(mesh, P()))
+text = fn.lower(jax.ShapeDtypeStruct((4, 256), jnp.float32)).compile().as_text()
+print(collectives.count_collectives(text)["all-reduce"])
+"""
+
+
+def test_a_sum_over_the_split_axis_is_one_all_reduce_of_its_size():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  result = subprocess.run([sys.executable, "-c", _PSUM], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == str((1, 256 * 4))
