@@ -8,11 +8,13 @@ truncated file that a later run would take for a complete one.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import zipfile
 from typing import Mapping
 
+from etils import epath
 import numpy as np
 
 from facegen_jax.errors import DataError
@@ -22,10 +24,11 @@ def read(path, what: str, fix: str = "") -> dict[str, np.ndarray]:
   """Every array in the .npz at `path`; `what` names the file in errors ("VGG19 weights"), `fix` ends them."""
   path = os.fspath(path)
   suffix = f": {fix}" if fix else ""
-  if not os.path.isfile(path):
+  remote = "://" in path  # gs:// and other etils/epath filesystems, as Orbax and TFDS read them
+  if not (epath.Path(path).is_file() if remote else os.path.isfile(path)):
     raise DataError(f"{what} {path} not found{suffix}")
   try:
-    with np.load(path, allow_pickle=False) as npz:
+    with np.load(io.BytesIO(epath.Path(path).read_bytes()) if remote else path, allow_pickle=False) as npz:
       return {key: npz[key] for key in npz.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise DataError(f"{what} {path} is not a readable .npz ({e}){suffix}") from e
@@ -48,6 +51,11 @@ def expected(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, .
 def write(path, arrays: Mapping[str, np.ndarray]) -> None:
   """np.savez(path, **arrays), complete or not at all."""
   path = os.fspath(path)
+  if "://" in path:  # An object store writes an object whole or not at all.
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    epath.Path(path).write_bytes(buffer.getvalue())
+    return
   fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=os.path.dirname(os.path.abspath(path)))
   try:
     with os.fdopen(fd, "wb") as f:

@@ -111,7 +111,7 @@ def check_settings(e: ml_collections.ConfigDict, option: Callable[[str], str] = 
         f"FID needs Inception weights and {option('inception_weights')} is not set: convert them with "
         f"`{inception.CONVERT_COMMAND.format(path='inception.npz')}` and set {option('inception_weights')}="
         f"inception.npz{off_hint}")
-  if not os.path.isfile(os.path.expanduser(e.inception_weights)):
+  if not epath.Path(os.path.expanduser(e.inception_weights)).is_file():
     raise errors.ConfigError(
         f"Inception weights {e.inception_weights} not found: convert them with "
         f"`{inception.CONVERT_COMMAND.format(path=e.inception_weights)}` or fix {option('inception_weights')}")
@@ -131,7 +131,7 @@ def reference_input_config(config: ml_collections.ConfigDict) -> ml_collections.
 
 
 def _file_digest(path: str) -> str:
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 
