@@ -19,7 +19,7 @@ ENTRY %main (p0: f32[4,8]) -> f32[4,8] {
   %all-reduce.1 = (f32[3]{0}, bf16[2,5]{1,0}) all-reduce(f32[3]{0} %a, bf16[2,5]{1,0} %b), to_apply=%add
   %all-gather-start = (bf16[2,4]{1,0}, bf16[4,4]{1,0}) all-gather-start(bf16[2,4]{1,0} %c), dimensions={0}
   %all-gather-done = bf16[4,4]{1,0} all-gather-done((bf16[2,4]{1,0}, bf16[4,4]{1,0}) %all-gather-start)
-  %collective-permute = s32[7]{0} collective-permute(s32[7]{0} %d), source_target_pairs={{0,1},{1,0}}
+  %collective-permute = s32[7]{0} collective-permute(s32[7]{0} %d), source_target_pairs={{0,1},{1,0}}, metadata={op_name="jit(step)/jvp()/slice" stack_frame_id=3}
   %not-a-collective = f32[2]{0} add(f32[2]{0} %e, f32[2]{0} %f)
   ROOT %r = f32[4,8]{1,0} copy(%all-reduce)
 }
@@ -33,6 +33,45 @@ def test_counts_and_bytes_of_a_fixed_module():
   assert counts["collective-permute"] == (1, 7 * 4)
   assert counts["reduce-scatter"] == counts["all-to-all"] == (0, 0)
   assert collectives.shape_bytes("(f32[2,3]{1,0}, pred[5]{0}, f32[]{})") == 24 + 5 + 4
+  assert [c.op_name for c in collectives.find_collectives(_HLO)] == ["", "", "", "jit(step)/jvp()/slice"]
+  assert collectives.collectives_in_loops(_HLO) == 0
+
+
+_LOOP_HLO = """
+HloModule loop
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %sum = f32[] add(f32[] %a, f32[] %b)
+}
+%reduced (p: f32[16]) -> f32[16] {
+  %p = f32[16]{0} parameter(0)
+  ROOT %all-reduce.2 = f32[16]{0} all-reduce(f32[16]{0} %p), to_apply=%add
+}
+%body (t: (s32[], f32[16])) -> (s32[], f32[16]) {
+  %t = (s32[], f32[16]{0}) parameter(0)
+  %x = f32[16]{0} get-tuple-element((s32[], f32[16]{0}) %t), index=1
+  %all-gather = f32[16]{0} all-gather(f32[2]{0} %x), dimensions={0}
+  %call = f32[16]{0} call(f32[16]{0} %all-gather), to_apply=%reduced
+  ROOT %out = (s32[], f32[16]{0}) tuple(s32[] %i, f32[16]{0} %call)
+}
+%cond (t: (s32[], f32[16])) -> pred[] {
+  %t = (s32[], f32[16]{0}) parameter(0)
+  ROOT %lt = pred[] compare(s32[] %i, s32[] %n), direction=LT
+}
+ENTRY %main (x: f32[16]) -> f32[16] {
+  %x = f32[16]{0} parameter(0)
+  %all-reduce.1 = f32[16]{0} all-reduce(f32[16]{0} %x), to_apply=%add
+  %init = (s32[], f32[16]{0}) tuple(s32[] %zero, f32[16]{0} %all-reduce.1)
+  %while = (s32[], f32[16]{0}) while((s32[], f32[16]{0}) %init), condition=%cond, body=%body
+  ROOT %r = f32[16]{0} get-tuple-element((s32[], f32[16]{0}) %while), index=1
+}
+"""
+
+
+def test_collectives_inside_a_loop_body_and_what_it_calls_are_flagged():
+  assert collectives.count_collectives(_LOOP_HLO)["all-reduce"] == (2, 2 * 16 * 4)
+  assert collectives.collectives_in_loops(_LOOP_HLO) == 2  # the body's all-gather and the called all-reduce
 
 
 _PSUM = """
