@@ -5,7 +5,7 @@ r"""Times DCGAN-64's transposed convolutions (and strided convolutions), flax/XL
 For each generator layer at the given batch: the median time of one forward + backward pass (output, gradient
 for the input and the kernel), after a warm-up call, over --repeats calls, for flax's `nn.ConvTranspose` (XLA's
 `lax.conv_transpose`), for `conv.ConvTranspose` compiled with the default options, and for it compiled with
-`conv.CPU_COMPILER_OPTIONS`; then the same for the whole generator (BatchNorm and ReLU included).
+`compile.CPU_COMPILER_OPTIONS`; then the same for the whole generator (BatchNorm and ReLU included).
 --discriminator adds the discriminator's strided layers, `nn.Conv` against `conv.Conv`.
 Flax's layers take seconds each on CPU; --skip_flax leaves them out.
 """
@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facegen_jax import compile as compile_lib
 from facegen_jax.nets import conv
 
 _BATCH = flags.DEFINE_integer("batch", 64, "Batch size.")
@@ -75,7 +76,7 @@ def _print_row(label: str, gflop: float, times: dict[str, float]):
 def _variants(flax_apply, ours_apply):
   variants = {} if _SKIP_FLAX.value else {"flax": (flax_apply, None)}
   variants["ours"] = (ours_apply, None)
-  variants["ours+opts"] = (ours_apply, conv.CPU_COMPILER_OPTIONS)
+  variants["ours+opts"] = (ours_apply, compile_lib.CPU_COMPILER_OPTIONS)
   return variants
 
 
@@ -97,7 +98,7 @@ def main(_):
   batch = _BATCH.value
   print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs), batch {batch}, median of {_REPEATS.value} forward+backward calls")
-  print("ours+opts: compiled with conv.CPU_COMPILER_OPTIONS (Eigen instead of YNNPACK for convolutions)")
+  print("ours+opts: compiled with compile.CPU_COMPILER_OPTIONS (Eigen instead of YNNPACK for convolutions)")
   total = {}
   for c_in, c_out, size, stride, padding in GENERATOR_LAYERS:
     layer = functools.partial(nn.ConvTranspose, c_out, (4, 4), stride, conv.torch_transpose_padding(4, padding),

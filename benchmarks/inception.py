@@ -3,7 +3,7 @@ r"""Times FID Inception feature extraction (images/s), as `metrics.fid.extract_f
   python benchmarks/inception.py [--inception inception.npz] [--batch 50] [--size 64] [--repeats 3]
 
 One jitted call on a batch of --size x --size uint8 images (resized to 299 inside), over the mesh of all
-devices, with `nets.conv.CPU_COMPILER_OPTIONS` on CPU; the median of --repeats calls after a warm-up call.
+devices, with `compile.CPU_COMPILER_OPTIONS` on CPU; the median of --repeats calls after a warm-up call.
 Without --inception the weights are random (the speed is the same). Prints the load average too: on a shared
 machine the figure is only meaningful beside it.
 """

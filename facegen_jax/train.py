@@ -29,13 +29,13 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from facegen_jax import compile as compile_lib
 from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax import images as images_lib
 from facegen_jax import rundir
 from facegen_jax.families import common
 from facegen_jax.metrics import evaluator as evaluator_lib
-from facegen_jax.nets import conv as conv_lib
 from input_pipeline import pipeline
 
 NONFINITE_MODES = ("error", "skip")
@@ -131,11 +131,9 @@ def _guarded_step(family, config, train_key, mesh: Mesh | None = None):
 
 def jit_train_step(family, config, train_key, state_sharding, batch_sharding):
   """The jitted, state-donating train step; on CPU compiled with the options that make its convs fast."""
-  compiler_options = conv_lib.CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-  return jax.jit(_guarded_step(family, config, train_key, batch_sharding.mesh),
+  return compile_lib.jit(_guarded_step(family, config, train_key, batch_sharding.mesh),
                  in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, NamedSharding(batch_sharding.mesh, P())), donate_argnums=0,
-                 compiler_options=compiler_options)
+                 out_shardings=(state_sharding, NamedSharding(batch_sharding.mesh, P())), donate_argnums=0)
 
 
 class _FrozenIteratorState:

@@ -13,6 +13,7 @@ from PIL import Image
 
 import jax
 
+from facegen_jax import compile as compile_lib
 from facegen_jax import generate
 from facegen_jax import rundir
 from facegen_jax.convert import spade as convert_spade
@@ -26,7 +27,7 @@ sn = torch.nn.utils.spectral_norm
 
 LABEL_NC = 19
 ATOL = 1e-4
-_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+_FAST_COMPILE = compile_lib.CPU_FAST_COMPILE_OPTIONS
 
 
 class TorchSPADE(nn.Module):

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from configs import spade as spade_configs
+from facegen_jax import compile as compile_lib
 from facegen_jax import rundir
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import UserError
@@ -291,9 +292,7 @@ def _fresh_state(init, seed: int):
     state = init(key)
     return state.replace(g_params={k: v for k, v in state.g_params.items() if k == "encoder"}, batch_stats={},
                          spectral_stats={k: v for k, v in state.spectral_stats.items() if k != "g"})
-  # Run once, so compile fast: at the default optimisation level XLA:CPU compiles this for 10-70 s.
-  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-  return jax.jit(fresh, compiler_options=options)(jax.random.key(seed))
+  return compile_lib.jit(fresh, run_once=True)(jax.random.key(seed))
 
 
 _G_HINT = ("Was it saved by NVlabs/SPADE's SPADEGenerator (latest_net_G.pth) with norm_G "

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from facegen_jax import npz
 from facegen_jax.errors import ConfigError, DataError
 from facegen_jax.metrics import inception
-from facegen_jax.nets import conv
+from facegen_jax import compile as compile_lib
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -51,10 +51,9 @@ def feature_fn(mesh: Mesh):
       images = images.astype(np.float32) / 255.0  # torchvision's ToTensor, as pytorch-fid reads images
     return inception.InceptionV3().apply(variables, images)
 
-  # Eigen's convolutions: 2-2.5x XLA:CPU's default (YNNPACK) on this network.
-  options = conv.CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-  return jax.jit(features, in_shardings=(replicated, NamedSharding(mesh, P("data"))), out_shardings=replicated,
-                 compiler_options=options)
+  # On CPU Eigen's convolutions (compile.CPU_COMPILER_OPTIONS): 2-2.5x XLA:CPU's default (YNNPACK) here.
+  return compile_lib.jit(features, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
+                         out_shardings=replicated)
 
 
 def extract_features(variables, batches: Iterable[np.ndarray], *, mesh: Mesh | None = None,

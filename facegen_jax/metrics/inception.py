@@ -17,7 +17,7 @@ its slash-joined path, e.g. `params/Conv2d_1a_3x3/conv/kernel`; write it with
 `python -m facegen_jax.convert inception --from WEIGHTS --out inception.npz`.
 
 Convolutions are flax's `nn.Conv` followed by `nn.BatchNorm`, as torch computes them (folding BatchNorm into
-the kernels measured no faster on XLA:CPU). On CPU, compile with `nets.conv.CPU_COMPILER_OPTIONS` (Eigen
+the kernels measured no faster on XLA:CPU). On CPU, compile with `compile.CPU_COMPILER_OPTIONS` (Eigen
 convolutions): 2-2.5x faster than XLA's default here.
 """
 

@@ -59,17 +59,6 @@ from jax import lax
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 IMPLS = ("auto", "xla", "phase", "im2col")
 
-# For `jax.jit(train_step, compiler_options=...)` on CPU. XLA:CPU (jax 0.10) hands 2-D convolutions to YNNPACK
-# by default, whose kernel-gradient convolutions run 2-4x slower than Eigen's; this keeps YNNPACK for dots and
-# reductions (without it reductions fall back to a 40x slower loop) and gives convolutions back to Eigen.
-# DCGAN-64 step at batch 64 on 2 cores: 1.1-1.2 s with the defaults, 0.83-0.89 s with these options.
-# The concurrency-optimised scheduler runs independent ops side by side, which on 2 cores only makes them fight
-# for the cores and the cache: the SPADE128 G+D step at batch 4 took 12.0-15.6 s (median) with it, 8.7-9.1 s
-# without, while its G step, D step and second G forward jitted separately add up to 8.6 s.
-CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
-    "xla_cpu_enable_concurrency_optimized_scheduler": False}
-
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
