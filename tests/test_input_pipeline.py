@@ -1,5 +1,6 @@
 """The Grain input pipeline: shapes, determinism, sharding, alignment, errors, TFDS, checkpoints, workers."""
 
+import hashlib
 import logging
 import os
 
@@ -373,3 +374,64 @@ def test_shorter_side_resize_keeps_aspect_and_centre_crops():
   assert transforms.resize({"image": image}, 10, "square")["image"].shape == (10, 10, 3)
   cropped = transforms.crop(out, 0, 5, 10)
   np.testing.assert_array_equal(cropped["label"][0], [0] * 5 + [1] * 5)
+
+
+# Today's batches, pinned: new features must leave single-domain batches identical record for record.
+
+
+def _digest(batches: list[dict]) -> str:
+  """SHA-256 over every key, dtype, shape and byte of the batches, in key order."""
+  digest = hashlib.sha256()
+  for batch in batches:
+    for key in sorted(batch):
+      value = np.ascontiguousarray(batch[key])
+      digest.update(f"{key}|{value.dtype}|{value.shape}|".encode())
+      digest.update(value.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def _write_wide_folder(root, num_images=5):
+  """Non-square (20x30 and 30x20) noise images with labels: exercises the shorter-side resize."""
+  rng = np.random.default_rng(7)
+  image_dir, label_dir = root / "images", root / "labels"
+  image_dir.mkdir(parents=True)
+  label_dir.mkdir(parents=True)
+  for i in range(num_images):
+    shape = (20, 30) if i % 2 else (30, 20)
+    Image.fromarray(rng.integers(0, 256, size=shape + (3,), dtype=np.uint8)).save(image_dir / f"{i}.png")
+    Image.fromarray(rng.integers(0, 5, size=shape, dtype=np.uint8)).save(label_dir / f"{i}.png")
+  return str(image_dir), str(label_dir)
+
+
+PINNED = {
+    "synthetic": "89e6b76f103404cf",
+    "synthetic_random_crop": "f48a77539645b93f",
+    "synthetic_process_1_of_2": "2a576a845ab3c51e",
+    "folder_labels_random_crop": "a8edd30e701fa0b7",
+    "folder_shorter_side": "4347b2c31fbb19e6",
+    "tfds_labels_int_keys": "3a01b2ee03f664e6",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_single_domain_batches_are_pinned(name, folder, tfds_dir, tmp_path):
+  kwargs = {}
+  if name == "synthetic":
+    config = _config()
+  elif name == "synthetic_random_crop":
+    config = _config(random_crop=True, load_size=36)
+  elif name == "synthetic_process_1_of_2":
+    config = _config(random_crop=True, load_size=36)
+    kwargs = dict(process_index=1, process_count=2)
+  elif name == "folder_labels_random_crop":
+    config = _config("folder", **{"folder.image_dir": folder[0], "folder.label_dir": folder[1]},
+                     resolution=16, load_size=18, random_crop=True, num_classes=5)
+  elif name == "folder_shorter_side":
+    image_dir, label_dir = _write_wide_folder(tmp_path)
+    config = _config("folder", **{"folder.image_dir": image_dir, "folder.label_dir": label_dir},
+                     resolution=12, load_size=16, resize="shorter_side", random_crop=True, num_classes=5)
+  else:
+    config = _config("tfds", **{"tfds.name": tfds_fixture.NAME, "tfds.data_dir": tfds_dir,
+                                "tfds.label_key": "segmentation", "tfds.int_keys": ("index", "attributes/Male")},
+                     resolution=8, load_size=12, random_crop=True, num_classes=tfds_fixture.NUM_CLASSES)
+  assert _digest(_batches(config, 2, **kwargs)) == PINNED[name]
