@@ -8,7 +8,17 @@ changes what a step sees (except that with worker_count > 1 a skipped unreadable
 records between batches). The iterator's state is its position in the stream (per worker process if
 worker_count > 0, so restore with the same worker_count); Orbax saves it through
 `grain.checkpoint.CheckpointSave(iterator)`.
+
+With several domains (`config.input.domains = ("a", "b")`, unpaired translation), each domain is such a
+stream of its own source, with its own seeds (from the run seed and the domain's name), and record k of
+the pipeline is record k of every stream, keyed "a/image", "b/image", ...; one iterator holds every
+stream's position in its one state.
 """
+
+from collections.abc import Mapping
+import dataclasses
+import re
+import zlib
 
 from absl import flags
 import grain
@@ -23,29 +33,16 @@ from input_pipeline import transforms
 
 SOURCES = ("synthetic", "folder", "tfds")
 DOMAINS = synthetic.DOMAINS
+SOURCE_GROUPS = ("synthetic", "folder", "tfds")  # The sub-configs a domain has of its own, beside `source`.
 
 
-def default_input_config() -> ml_collections.ConfigDict:
-  """Every input setting with its default; placeholders keep a None default overridable by flag."""
-  config = ml_collections.ConfigDict()
-  config.source = "synthetic"          # One of SOURCES.
-  config.resolution = 64               # Side of the square images the model sees.
-  config.load_size = config_dict.placeholder(int)  # Resize to this before cropping; None = resolution.
-  config.resize = "square"             # "square" (squash to load_size) or "shorter_side" (keep aspect).
-  config.random_crop = False           # Random (else centre) crop of `resolution` from `load_size`.
-  config.random_flip = True            # Mirror image and label map together with probability 1/2.
-  config.num_classes = 19              # Parsing-map classes (CelebAMask-HQ has 19); labels must be below.
-  config.shuffle = True                # A fresh seeded permutation every epoch; False keeps source order.
-  config.worker_count = 0              # 0: read in threads of this process; >0: that many processes.
-                                       # (Checkpointed iterator state is only valid for the same count.)
-  config.read_threads = 8              # Threads decoding and transforming records (in each process).
-  config.prefetch_buffer_size = 128    # Records decoded ahead of the consumer (in each process).
-
+def _add_source_settings(config: ml_collections.ConfigDict, *, synthetic_domain, synthetic_seed) -> None:
+  """The settings of one source: `synthetic`, `folder`, `tfds` (`source` itself is set by the caller)."""
   config.synthetic = ml_collections.ConfigDict()
   config.synthetic.num_examples = 10_000
-  config.synthetic.domain = "photo"    # "photo" or "toon" (a second domain for translation models).
+  config.synthetic.domain = synthetic_domain  # "photo" or "toon" (a second domain for translation models).
   config.synthetic.num_identities = config_dict.placeholder(int)  # None: num_examples // 4 (4 views each).
-  config.synthetic.seed = 0            # The dataset's own seed: the data stay fixed across run seeds.
+  config.synthetic.seed = synthetic_seed      # The dataset's own seed: the data stay fixed across run seeds.
 
   config.folder = ml_collections.ConfigDict()
   config.folder.image_dir = config_dict.placeholder(str)  # Searched recursively.
@@ -54,6 +51,11 @@ def default_input_config() -> ml_collections.ConfigDict:
   config.folder.label_dir = config_dict.placeholder(str)
   # {stored value: class}, applied before the range check, e.g. {255: 0} for an "ignore" value.
   config.folder.label_mapping = config_dict.placeholder(object)
+  # Hole masks (single-channel PNGs, 255/white = hole) paired like label_dir; batch "mask" is 1 in holes.
+  config.folder.mask_dir = config_dict.placeholder(str)
+  # image_dir/<g>/... are group g (Face2webtoon's trainA/0, trainA/1): the folder's name if every name is an
+  # integer, else its index in the sorted names. Batch "group" int32.
+  config.folder.groups = False
   config.folder.extensions = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
   config.tfds = ml_collections.ConfigDict()
@@ -63,14 +65,160 @@ def default_input_config() -> ml_collections.ConfigDict:
   config.tfds.image_key = "image"
   config.tfds.label_key = config_dict.placeholder(str)  # Feature holding the parsing map, if any.
   config.tfds.label_mapping = config_dict.placeholder(object)  # As folder.label_mapping.
+  config.tfds.mask_key = config_dict.placeholder(str)   # Feature holding a hole mask (255 or 1 = hole), if any.
   # Scalar features passed through as int32, named by their last path component in lower case:
   # "attributes/Male" -> batch["male"].
   config.tfds.int_keys = ()
+
+
+def default_input_config() -> ml_collections.ConfigDict:
+  """Every input setting with its default; placeholders keep a None default overridable by flag."""
+  config = ml_collections.ConfigDict()
+  # () reads one source (the settings below); names such as ("a", "b") read one source per name, each set in
+  # config.input.<name> = domain_config(...), into one batch keyed "a/image", "b/image", ...
+  config.domains = ()
+  config.source = "synthetic"          # One of SOURCES.
+  # The size the model sees: an int (square) or (height, width), e.g. --config.input.resolution='(224, 192)'.
+  config.resolution = config_dict.FieldReference(64, field_type=object)
+  # Resize to this before cropping; None = resolution. An int is both sides ("square") or the shorter side
+  # ("shorter_side"); a (height, width) pair is the exact size ("square") or the box the image must cover.
+  config.load_size = config_dict.placeholder(object)
+  config.resize = "square"             # "square" (squash to load_size) or "shorter_side" (keep aspect).
+  config.random_crop = False           # Random (else centre) crop of `resolution` from `load_size`.
+  config.random_flip = True            # Mirror image, label map, mask and landmarks together with probability 1/2.
+  config.num_classes = 19              # Parsing-map classes (CelebAMask-HQ has 19); labels must be below.
+  config.shuffle = True                # A fresh seeded permutation every epoch; False keeps source order.
+  config.worker_count = 0              # 0: read in threads of this process; >0: that many processes.
+                                       # (Checkpointed iterator state is only valid for the same count.)
+  config.read_threads = 8              # Threads decoding and transforming records (in each process, per domain).
+  config.prefetch_buffer_size = 128    # Records decoded ahead of the consumer (in each process, per domain).
+  _add_source_settings(config, synthetic_domain="photo", synthetic_seed=0)
   return config
 
 
-def load_size(input_config) -> int:
-  return input_config.load_size or input_config.resolution
+def domain_config(**overrides) -> ml_collections.ConfigDict:
+  """The source settings of one domain of a multi-domain config (`source`, `synthetic`, `folder`, `tfds`).
+
+  Defaults are those of the one-domain settings, except that synthetic.domain and synthetic.seed default
+  (None) to the domain's position in config.input.domains: photo with seed 0 for the first, toon with seed 1
+  for the second, so two synthetic domains are unpaired (different faces). Overrides are values or dicts for
+  the sub-configs: `domain_config(source="folder", folder=dict(image_dir="data/trainA", groups=True))`.
+  """
+  config = ml_collections.ConfigDict()
+  config.source = "synthetic"
+  _add_source_settings(config, synthetic_domain=config_dict.placeholder(str),
+                       synthetic_seed=config_dict.placeholder(int))
+  for key, value in overrides.items():
+    if key not in config:
+      raise ConfigError(f"domain_config({key}=...): {key!r} is not a source setting; use one of {tuple(config)}")
+    if key not in SOURCE_GROUPS:
+      config[key] = value
+      continue
+    for field, field_value in dict(value).items():
+      if field not in config[key]:
+        raise ConfigError(f"domain_config({key}={{{field!r}: ...}}): {key}.{field} is not a setting; use one "
+                          f"of {tuple(config[key])}")
+      config[key][field] = field_value
+  return config
+
+
+def _size_hw(value, field: str) -> tuple[int, int]:
+  """(height, width) of an int or pair setting, or a ConfigError naming the flag."""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    return int(value), int(value)
+  if (isinstance(value, (tuple, list)) and len(value) == 2
+      and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+    return int(value[0]), int(value[1])
+  raise ConfigError(f"input.{field} {value!r} is neither an int nor a (height, width) pair of ints: set "
+                    f"--config.input.{field}=128 or --config.input.{field}='(224, 192)'")
+
+
+def resolution_hw(input_config) -> tuple[int, int]:
+  """(height, width) of the images the model sees."""
+  return _size_hw(input_config.resolution, "resolution")
+
+
+def load_size_hw(input_config) -> tuple[int, int]:
+  """(height, width) of the box the resize targets ("square": the exact size; "shorter_side": the size the
+  aspect-keeping resize covers)."""
+  if input_config.load_size is None:
+    return resolution_hw(input_config)
+  return _size_hw(input_config.load_size, "load_size")
+
+
+def load_size(input_config) -> int | tuple[int, int]:
+  """The resize size as configured: an int (as before pairs existed) or a (height, width) tuple."""
+  value = input_config.load_size or input_config.resolution
+  return value if isinstance(value, (int, np.integer)) else tuple(value)
+
+
+def _crop_size(input_config) -> int | tuple[int, int]:
+  value = input_config.resolution
+  return value if isinstance(value, (int, np.integer)) else tuple(value)
+
+
+def field_domain(field: str) -> tuple[str, str]:
+  """The domain and record key of a batch key: "a/image" -> ("a", "image"), "image" -> ("", "image")."""
+  if "/" not in field:
+    return "", field
+  domain, key = field.split("/", 1)
+  return domain, key
+
+
+def domain_names(input_config) -> tuple[str, ...]:
+  """The configured domain names; () for one domain."""
+  names = input_config.get("domains") or ()  # A config saved before domains existed has none.
+  if isinstance(names, str):
+    raise ConfigError(f"input.domains {names!r} is a string, not a tuple of names: set "
+                      "--config.input.domains='(\"a\", \"b\")'")
+  names = tuple(names)
+  shared = set(default_input_config())
+  for name in names:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in shared:
+      raise ConfigError(f"input.domains has the name {name!r}, which is not an identifier or is the name of a "
+                        "shared input setting: set --config.input.domains='(\"a\", \"b\")' (a tuple of names)")
+    if not isinstance(input_config.get(name), ml_collections.ConfigDict) or "source" not in input_config[name]:
+      raise ConfigError(f"input.domains names {name!r} but config.input.{name} is not a domain's settings: add "
+                        f"`config.input.{name} = pipeline.domain_config(...)` to the config file")
+  if len(set(names)) != len(names):
+    raise ConfigError(f"input.domains {names} repeats a name: fix --config.input.domains")
+  return names
+
+
+def _domain_settings(input_config) -> dict[str, tuple[ml_collections.ConfigDict, str]]:
+  """{domain: (its source settings, their place in the config for messages)}; {"": (input, "input")} for one."""
+  names = domain_names(input_config)
+  if not names:
+    return {"": (input_config, "input")}
+  return {name: (input_config[name], f"input.{name}") for name in names}
+
+
+def _synthetic_domain_and_seed(settings, index: int) -> tuple[str, int]:
+  """synthetic.domain and synthetic.seed, a None (a domain_config default) filled in from the position."""
+  s = settings.synthetic
+  domain = s.domain if s.domain is not None else DOMAINS[index % len(DOMAINS)]
+  return domain, (s.seed if s.seed is not None else index)
+
+
+def domain_input_config(input_config, domain: str = "") -> ml_collections.ConfigDict:
+  """A one-domain input config reading `domain` ("" for a one-domain config, returned as is): the shared
+  settings with the domain's source settings at the top level and their position defaults filled in."""
+  settings = _domain_settings(input_config)
+  if domain not in settings:
+    raise ConfigError(f"domain {domain!r} is not one of input.domains {tuple(settings)}")
+  if domain == "":
+    return input_config
+  s, _ = settings[domain]
+  flat = default_input_config()
+  for key in flat:
+    if key not in ("domains", "source") + SOURCE_GROUPS:
+      flat[key] = input_config.get(key, flat[key])
+  flat.source = s.source
+  for group in SOURCE_GROUPS:
+    for key, value in s[group].items():
+      flat[group][key] = value
+  flat.synthetic.domain, flat.synthetic.seed = _synthetic_domain_and_seed(s, list(settings).index(domain))
+  return flat
 
 
 def _label_mapping(value, field: str) -> dict[int, int] | None:
@@ -80,16 +228,19 @@ def _label_mapping(value, field: str) -> dict[int, int] | None:
   try:
     return {int(src): int(dst) for src, dst in items}
   except (TypeError, ValueError):
-    raise ConfigError(f"input.{field} {value!r} is not a mapping of ints: set --config.input.{field} to "
+    raise ConfigError(f"{field} {value!r} is not a mapping of ints: set --config.{field} to "
                       "e.g. '{255: 0}'") from None
 
 
 def validate(input_config) -> None:
   """Raises ConfigError for the first setting that cannot work, naming the flag to change."""
   c = input_config
-  if c.source not in SOURCES:
-    raise ConfigError(f"input.source {c.source!r} is unknown: set --config.input.source to one of {SOURCES}")
-  if c.resolution < 1 or load_size(c) < c.resolution:
+  settings = _domain_settings(c)
+  for s, flag in settings.values():
+    if s.source not in SOURCES:
+      raise ConfigError(f"{flag}.source {s.source!r} is unknown: set --config.{flag}.source to one of {SOURCES}")
+  resolution, load = resolution_hw(c), load_size_hw(c)
+  if min(resolution) < 1 or load[0] < resolution[0] or load[1] < resolution[1]:
     raise ConfigError(f"input.resolution {c.resolution} and load_size {c.load_size} need "
                       "1 <= resolution <= load_size: fix --config.input.resolution or --config.input.load_size")
   if c.resize not in transforms.RESIZE_MODES:
@@ -101,65 +252,112 @@ def validate(input_config) -> None:
   for field, minimum in (("worker_count", 0), ("read_threads", 1), ("prefetch_buffer_size", 1)):
     if c[field] < minimum:
       raise ConfigError(f"input.{field} {c[field]} is below {minimum}: fix --config.input.{field}")
-  if c.source == "synthetic":
-    if c.synthetic.domain not in DOMAINS:
-      raise ConfigError(f"input.synthetic.domain {c.synthetic.domain!r} is unknown: set "
-                        f"--config.input.synthetic.domain to one of {DOMAINS}")
-    if c.synthetic.num_examples < 1:
-      raise ConfigError(f"input.synthetic.num_examples {c.synthetic.num_examples} must be positive: "
-                        "fix --config.input.synthetic.num_examples")
+  for index, (s, flag) in enumerate(settings.values()):
+    _validate_source(c, s, flag, index)
+
+
+def _validate_source(c, s, flag: str, index: int) -> None:
+  """Checks the settings of one source: `s` is input (flag "input") or one domain's (flag "input.b")."""
+  if s.source == "synthetic":
+    domain, seed = _synthetic_domain_and_seed(s, index)
+    if domain not in DOMAINS:
+      raise ConfigError(f"{flag}.synthetic.domain {domain!r} is unknown: set "
+                        f"--config.{flag}.synthetic.domain to one of {DOMAINS}")
+    if s.synthetic.num_examples < 1:
+      raise ConfigError(f"{flag}.synthetic.num_examples {s.synthetic.num_examples} must be positive: "
+                        f"fix --config.{flag}.synthetic.num_examples")
+    if not isinstance(seed, int) or seed < 0:
+      raise ConfigError(f"{flag}.synthetic.seed {seed!r} must be a non-negative int: fix "
+                        f"--config.{flag}.synthetic.seed")
     low, high = synthetic.MIN_RESOLUTION, synthetic.MAX_RESOLUTION
-    if not low <= load_size(c) <= high:
+    if not low <= max(load_size_hw(c)) <= high:
       raise ConfigError(f"input.load_size {load_size(c)} is outside [{low}, {high}], the sizes synthetic faces "
-                        "are drawn at: fix --config.input.resolution or --config.input.load_size")
+                        "are drawn at (the longer side): fix --config.input.resolution or --config.input.load_size")
     if c.num_classes < synthetic.NUM_CLASSES:
       raise ConfigError(f"input.num_classes {c.num_classes} is below the {synthetic.NUM_CLASSES} classes of "
                         "synthetic faces: set --config.input.num_classes=19")
-  elif c.source == "folder":
-    if not c.folder.image_dir:
-      raise ConfigError("input.folder.image_dir is not set: set --config.input.folder.image_dir to a "
+  elif s.source == "folder":
+    if not s.folder.image_dir:
+      raise ConfigError(f"{flag}.folder.image_dir is not set: set --config.{flag}.folder.image_dir to a "
                         "folder of images")
-    _label_mapping(c.folder.label_mapping, "folder.label_mapping")
-  elif c.source == "tfds":
-    if not c.tfds.name:
-      raise ConfigError("input.tfds.name is not set: set --config.input.tfds.name to a TFDS dataset name")
-    _label_mapping(c.tfds.label_mapping, "tfds.label_mapping")
+    _label_mapping(s.folder.label_mapping, f"{flag}.folder.label_mapping")
+  elif s.source == "tfds":
+    if not s.tfds.name:
+      raise ConfigError(f"{flag}.tfds.name is not set: set --config.{flag}.tfds.name to a TFDS dataset name")
+    _label_mapping(s.tfds.label_mapping, f"{flag}.tfds.label_mapping")
 
 
-def create_source(input_config) -> grain.sources.RandomAccessDataSource:
-  """The configured source, returning examples at their stored size (synthetic ones at load_size)."""
-  validate(input_config)
-  c = input_config
-  if c.source == "synthetic":
-    return synthetic.SyntheticFaces(c.synthetic.num_examples, load_size(c), seed=c.synthetic.seed,
-                                    domain=c.synthetic.domain, num_identities=c.synthetic.num_identities)
-  if c.source == "folder":
+def _build_source(c, s, flag: str, index: int) -> grain.sources.RandomAccessDataSource:
+  if s.source == "synthetic":
+    domain, seed = _synthetic_domain_and_seed(s, index)
+    # Drawn square at the longer side; the shared resize and crop make any other shape.
+    return synthetic.SyntheticFaces(s.synthetic.num_examples, max(load_size_hw(c)), seed=seed, domain=domain,
+                                    num_identities=s.synthetic.num_identities)
+  if s.source == "folder":
+    f = s.folder
+    # .get: a config saved before a setting existed (an old run directory) reads as its default.
     return sources.FolderSource(
-        c.folder.image_dir, label_dir=c.folder.label_dir, extensions=tuple(c.folder.extensions),
-        num_classes=c.num_classes, label_mapping=_label_mapping(c.folder.label_mapping, "folder.label_mapping"))
-  data_source = sources.open_tfds(c.tfds.name, split=c.tfds.split, data_dir=c.tfds.data_dir)
+        f.image_dir, label_dir=f.label_dir, mask_dir=f.get("mask_dir"), groups=bool(f.get("groups", False)),
+        extensions=tuple(f.extensions), num_classes=c.num_classes,
+        label_mapping=_label_mapping(f.label_mapping, f"{flag}.folder.label_mapping"), flag=f"{flag}.folder")
+  t = s.tfds
+  data_source = sources.open_tfds(t.name, split=t.split, data_dir=t.data_dir, flag=f"{flag}.tfds")
   return sources.TfdsSource(
-      data_source, name=c.tfds.name, image_key=c.tfds.image_key, label_key=c.tfds.label_key,
-      int_keys=tuple(c.tfds.int_keys), num_classes=c.num_classes,
-      label_mapping=_label_mapping(c.tfds.label_mapping, "tfds.label_mapping"))
+      data_source, name=t.name, image_key=t.image_key, label_key=t.label_key, mask_key=t.get("mask_key"),
+      int_keys=tuple(t.int_keys), num_classes=c.num_classes,
+      label_mapping=_label_mapping(t.label_mapping, f"{flag}.tfds.label_mapping"), flag=f"{flag}.tfds")
 
 
-def _stream_seeds(seed: int) -> tuple[int, int]:
-  """Independent uint32 seeds for the shuffle and the augmentations, both from the run seed."""
+def create_source(input_config, domain: str | None = None) -> grain.sources.RandomAccessDataSource:
+  """The configured source of one domain (None or "" for a one-domain config), returning examples at their
+  stored size (synthetic ones at the longer side of load_size)."""
+  validate(input_config)
+  settings = _domain_settings(input_config)
+  if domain is None and len(settings) == 1:
+    domain = next(iter(settings))
+  if domain not in settings:
+    raise ValueError(f"create_source(domain={domain!r}): input.domains is {tuple(settings)}; pass one of them, "
+                     "or call create_sources() for all")
+  s, flag = settings[domain]
+  return _build_source(input_config, s, flag, list(settings).index(domain))
+
+
+def create_sources(input_config) -> dict[str, grain.sources.RandomAccessDataSource]:
+  """{domain: source} for every configured domain; {"": source} for a one-domain config."""
+  validate(input_config)
+  return {name: _build_source(input_config, s, flag, index)
+          for index, (name, (s, flag)) in enumerate(_domain_settings(input_config).items())}
+
+
+def _sources_by_domain(input_config, source) -> dict[str, grain.sources.RandomAccessDataSource]:
+  """`source` (None, one source, or create_sources' dict) as {domain: source} in the configured order."""
+  if source is None:
+    return create_sources(input_config)
+  names = list(domain_names(input_config)) or [""]
+  if not isinstance(source, Mapping):
+    if names != [""]:
+      raise ValueError(f"input.domains is {tuple(names)}: pass source=create_sources(input_config), not one source")
+    return {"": source}
+  if sorted(source) != sorted(names):
+    raise ValueError(f"source has domains {sorted(source)}, the config {names}: build it with create_sources")
+  return {name: source[name] for name in names}
+
+
+def _stream_seeds(seed: int, domain: str = "") -> tuple[int, int]:
+  """Independent uint32 seeds for the shuffle and the augmentations, from the run seed (and the domain)."""
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ConfigError(f"seed {seed!r} must be a non-negative int: fix --config.seed")
-  shuffle_seed, augment_seed = np.random.SeedSequence(int(seed)).generate_state(2)
+  # One domain keeps the seeds it had before domains existed; a named domain mixes in a stable hash of its
+  # name (not hash(), which differs between processes).
+  entropy = int(seed) if not domain else [int(seed), zlib.crc32(domain.encode())]
+  shuffle_seed, augment_seed = np.random.SeedSequence(entropy).generate_state(2)
   return int(shuffle_seed), int(augment_seed)
 
 
-def create_dataset(input_config, *, seed: int, local_batch_size: int, process_index: int = 0,
-                   process_count: int = 1, source=None) -> grain.IterDataset:
-  """This process's infinite stream of batches (see the module docstring for how records are assigned).
-
-  `source`: the configured source if already built (a folder source scans its directory when built)."""
-  c = input_config
-  source = create_source(c) if source is None else source
-  shuffle_seed, augment_seed = _stream_seeds(seed)
+def _record_stream(c, source, *, seed: int, domain: str, process_index: int,
+                   process_count: int) -> grain.IterDataset:
+  """This process's share of one domain's infinite stream of transformed uint8 records."""
+  shuffle_seed, augment_seed = _stream_seeds(seed, domain)
   ds = grain.MapDataset.source(source)
   if c.shuffle:
     ds = ds.shuffle(seed=shuffle_seed)  # Folds the epoch into the seed: every epoch a new order.
@@ -167,11 +365,38 @@ def create_dataset(input_config, *, seed: int, local_batch_size: int, process_in
   ds = ds.map(transforms.Resize(load_size(c), c.resize))
   # Before sharding, so a record's crop and flip depend on its position in the global stream, not on
   # how many processes read it.
-  ds = ds.random_map(transforms.CropAndFlip(c.resolution, c.random_crop, c.random_flip), seed=augment_seed)
+  ds = ds.random_map(transforms.CropAndFlip(_crop_size(c), c.random_crop, c.random_flip), seed=augment_seed)
   ds = ds[process_index::process_count]
-  # Unreadable files come through as None and are dropped here (allow_nones=False).
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=c.read_threads,
-                                            prefetch_buffer_size=c.prefetch_buffer_size))
+  # Unreadable files come through as None and are dropped here (allow_nones=False), in this domain only.
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=c.read_threads,
+                                              prefetch_buffer_size=c.prefetch_buffer_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeDomains(grain.transforms.Map):
+  """(record of domain 1, record of domain 2, ...) -> one record keyed "<domain>/<key>"."""
+  names: tuple[str, ...]
+
+  def map(self, element: tuple) -> dict:
+    return {f"{name}/{key}": value for name, record in zip(self.names, element) for key, value in record.items()}
+
+
+def create_dataset(input_config, *, seed: int, local_batch_size: int, process_index: int = 0,
+                   process_count: int = 1, source=None) -> grain.IterDataset:
+  """This process's infinite stream of batches (see the module docstring for how records are assigned).
+
+  `source`: the configured source(s) if already built (a folder source scans its directory when built): one
+  source, or create_sources' dict."""
+  c = input_config
+  by_domain = _sources_by_domain(c, source)
+  streams = [_record_stream(c, domain_source, seed=seed, domain=name, process_index=process_index,
+                            process_count=process_count) for name, domain_source in by_domain.items()]
+  if list(by_domain) == [""]:
+    ds = streams[0]
+  else:
+    # Zipped records, not batches: each stream drops its own unreadable files, and mp_prefetch below slices
+    # every stream alike, so worker processes still give the same records as threads.
+    ds = grain.experimental.ZipIterDataset(streams).map(MergeDomains(tuple(by_domain)))
   if c.worker_count > 0:
     _use_flag_defaults_if_unparsed()
     # Records, not batches, cross the process boundary: the workers' outputs interleave back into the
@@ -195,9 +420,20 @@ def create_train_iterator(input_config: ml_collections.ConfigDict, *, seed: int,
                           process_index: int = 0, process_count: int = 1, source=None) -> grain.DatasetIterator:
   """An infinite iterator over this process's share (global_batch_size // process_count) of each batch.
 
-  Batches are dicts: "image" float32 (B, H, W, 3) in [-1, 1]; "label" int32 (B, H, W) if the source has
-  parsing maps; int32 (B,) for each scalar field of the source. Checkpoint it with
-  `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
+  Batches are dicts of numpy arrays, B = the local batch size and (H, W) = `resolution_hw(input_config)`:
+    "image"      float32 (B, H, W, 3) in [-1, 1];
+    "label"      int32 (B, H, W) class indices, if the source has parsing maps (synthetic faces do);
+    "mask"       float32 (B, H, W, 1) in {0, 1}, 1 = hole, if the source has hole masks;
+    "landmarks"  float32 (B, K, 2) points (x, y) in pixels of the batch image, if the source has them;
+    scalars      int32 (B,) for each scalar field of the source: "group" (synthetic, folder.groups),
+                 "identity", "male", ... (synthetic), int_keys (TFDS);
+    other spatial fields (H, W[, C]) resized (nearest), cropped and flipped with the image; int32, or
+    float32 if stored as floats.
+  With config.input.domains = ("a", "b") every key is prefixed by its domain ("a/image", "b/group", ...;
+  `field_domain` splits them) and each domain's records come from its own stream.
+  `source`: one source, or create_sources' dict. Checkpoint the iterator with
+  `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`: its one state holds every
+  domain's position.
   """
   if global_batch_size < 1 or global_batch_size % process_count:
     raise ConfigError(f"batch_size {global_batch_size} must be a positive multiple of the process count "
@@ -209,24 +445,40 @@ def create_train_iterator(input_config: ml_collections.ConfigDict, *, seed: int,
   return iter(dataset)
 
 
+def _where(settings, index: int, source) -> str:
+  """Where one domain's records come from, for the log."""
+  s = settings
+  if s.source == "synthetic":
+    domain, seed = _synthetic_domain_and_seed(s, index)
+    return f"synthetic {domain} faces (seed {seed})"
+  if s.source == "folder":
+    f = s.folder
+    return (f"folder '{f.image_dir}'" + (f" + labels '{f.label_dir}'" if f.label_dir else "")
+            + (f" + masks '{f.get('mask_dir')}'" if f.get("mask_dir") else "")
+            + (f" in {source.num_groups} group folders" if getattr(source, "num_groups", 0) else ""))
+  t = s.tfds
+  return f"tfds {t.name}[{t.split}]" + (f" in '{t.data_dir}'" if t.data_dir else "")
+
+
 def describe(input_config, source=None) -> str:
-  """One line for the log: source, size, resolution and augmentation."""
+  """One line for the log: every domain's source and size, then resolution and augmentation."""
   c = input_config
-  source = create_source(c) if source is None else source
-  if c.source == "synthetic":
-    where = f"synthetic {c.synthetic.domain} faces (seed {c.synthetic.seed})"
-  elif c.source == "folder":
-    where = f"folder '{c.folder.image_dir}'" + (f" + labels '{c.folder.label_dir}'" if c.folder.label_dir else "")
-  else:
-    where = f"tfds {c.tfds.name}[{c.tfds.split}]" + (f" in '{c.tfds.data_dir}'" if c.tfds.data_dir else "")
-  augment = [f"load {load_size(c)}"] if load_size(c) != c.resolution else []
-  augment += ["random crop"] if c.random_crop and load_size(c) != c.resolution else []
+  by_domain = _sources_by_domain(c, source)
+  settings = _domain_settings(c)
+  height, width = resolution_hw(c)
+  augment = [f"load {load_size(c)}"] if load_size_hw(c) != (height, width) else []
+  augment += ["random crop"] if c.random_crop and load_size_hw(c) != (height, width) else []
   augment += ["flip"] if c.random_flip else []
-  return (f"{where}: {len(source):,} examples at {c.resolution}x{c.resolution}"
-          + (f" ({', '.join(augment)})" if augment else "")
-          + (f", {c.num_classes}-class label maps" if _has_labels(c, source) else "")
-          + f", {c.worker_count} workers x {c.read_threads} threads")
+  shared = (f"{height}x{width}" + (f" ({', '.join(augment)})" if augment else "")
+            + (f", {c.num_classes}-class label maps" if any(_has_labels(settings[name][0], source)
+                                                             for name, source in by_domain.items()) else "")
+            + f", {c.worker_count} workers x {c.read_threads} threads")
+  if list(by_domain) == [""]:
+    return f"{_where(c, 0, by_domain[''])}: {len(by_domain['']):,} examples at {shared}"
+  domains = "; ".join(f"{name}: {_where(settings[name][0], index, source)}, {len(source):,} examples"
+                      for index, (name, source) in enumerate(by_domain.items()))
+  return f"{domains}; at {shared}"
 
 
-def _has_labels(input_config, source) -> bool:
-  return input_config.source == "synthetic" or getattr(source, "has_labels", False)
+def _has_labels(settings, source) -> bool:
+  return settings.source == "synthetic" or getattr(source, "has_labels", False)

@@ -1,12 +1,14 @@
-"""Random-access sources of face images (and parsing maps): a folder of image files, or a TFDS dataset.
+"""Random-access sources of face images (and parsing maps, masks): a folder of image files, or a TFDS dataset.
 
 A source returns examples as dicts of numpy arrays at their stored size: `"image"` uint8 (H, W, 3),
-`"label"` uint8 (H, W) when there are parsing maps, and int32 scalars. It returns None for an image it
+`"label"` uint8 (H, W) when there are parsing maps, `"mask"` uint8 (H, W) {0, 255} (255 = hole) when there
+are hole masks, and int32 scalars (e.g. `"group"` from group subfolders). It returns None for an image it
 cannot decode, which the pipeline drops.
 """
 
 from collections.abc import Mapping, Sequence
 import os
+import re
 import threading
 
 from absl import logging
@@ -72,49 +74,95 @@ def _list_files(root: str, extensions: Sequence[str]) -> dict[str, str]:
   return files
 
 
-class FolderSource(grain.sources.RandomAccessDataSource):
-  """Images under `image_dir`, with parsing maps under `label_dir` paired by relative path and stem.
+def _group_ids(image_dir: str, keys: Sequence[str], images: Mapping[str, str], flag: str) -> dict[str, int]:
+  """{subfolder: group id}: the subfolder's name if every name is an integer, else its index in sorted order."""
+  outside = [k for k in keys if os.sep not in k]
+  if outside:
+    raise DataError(f"{len(outside)} image(s) lie directly in '{image_dir}', outside a group subfolder, e.g. "
+                    f"'{images[outside[0]]}': move them into {os.path.join(image_dir, '<group>')}/ or set "
+                    f"--config.{flag}.groups=False")
+  names = sorted(entry.name for entry in os.scandir(image_dir) if entry.is_dir(follow_symlinks=True))
+  used = {k.split(os.sep, 1)[0] for k in keys}
+  empty = [name for name in names if name not in used]
+  if empty:
+    raise DataError(f"group subfolder '{os.path.join(image_dir, empty[0])}' holds no images: add images or "
+                    f"remove it (or set --config.{flag}.groups=False)")
+  # Integer names are the dataset's own ids (Face2webtoon's trainA/0, trainA/1, ...); mixing them with the
+  # indices of other names could give two folders one id, so any non-integer name switches to indices.
+  if all(re.fullmatch(r"\d+", name) for name in names):
+    return {name: int(name) for name in names}
+  return {name: i for i, name in enumerate(names)}
 
-  `image_dir/a/0001.jpg` pairs with `label_dir/a/0001.png`, as in SPADE's `--dataset_mode custom`.
+
+def mask_to_uint8(values: np.ndarray) -> np.ndarray:
+  """A hole mask as stored (255/white = hole, or 1 in a 0/1 mask) -> uint8 {0, 255} with 255 = hole."""
+  hole = values == 1 if values.max(initial=0) <= 1 else values >= 128
+  return np.where(hole, 255, 0).astype(np.uint8)
+
+
+class FolderSource(grain.sources.RandomAccessDataSource):
+  """Images under `image_dir`, with parsing maps under `label_dir` and hole masks under `mask_dir`, each
+  paired by relative path and stem.
+
+  `image_dir/a/0001.jpg` pairs with `label_dir/a/0001.png`, as in SPADE's `--dataset_mode custom`. With
+  `groups`, the first-level subfolders of `image_dir` are group labels (Face2webtoon's `trainA/0/*.jpg`).
+  `flag` is where the settings live in the config ("input.folder", "input.b.folder"), for error messages.
   """
 
   LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+  MASK_EXTENSIONS = LABEL_EXTENSIONS + (".jpg", ".jpeg")
 
-  def __init__(self, image_dir: str, *, label_dir: str | None = None, extensions: Sequence[str],
-               num_classes: int, label_mapping: Mapping[int, int] | None = None):
-    for field, path in (("image_dir", image_dir), ("label_dir", label_dir)):
+  def __init__(self, image_dir: str, *, label_dir: str | None = None, mask_dir: str | None = None,
+               groups: bool = False, extensions: Sequence[str], num_classes: int,
+               label_mapping: Mapping[int, int] | None = None, flag: str = "input.folder"):
+    for field, path in (("image_dir", image_dir), ("label_dir", label_dir), ("mask_dir", mask_dir)):
       if path is not None and not os.path.isdir(path):
-        raise DataError(f"input.folder.{field} '{path}' does not exist or is not a folder: "
-                        f"set --config.input.folder.{field} to a folder of images")
+        raise DataError(f"{flag}.{field} '{path}' does not exist or is not a folder: "
+                        f"set --config.{flag}.{field} to a folder of images")
     images = _list_files(image_dir, extensions)
     if not images:
-      raise DataError(f"input.folder.image_dir '{image_dir}' holds no images with extensions "
-                      f"{tuple(extensions)}: point --config.input.folder.image_dir at your images or set "
-                      "--config.input.folder.extensions")
+      raise DataError(f"{flag}.image_dir '{image_dir}' holds no images with extensions "
+                      f"{tuple(extensions)}: point --config.{flag}.image_dir at your images or set "
+                      f"--config.{flag}.extensions")
     self._keys = sorted(images)
     self._images = [images[k] for k in self._keys]
-    self._labels = None
-    if label_dir is not None:
-      labels = _list_files(label_dir, self.LABEL_EXTENSIONS)
-      missing = [k for k in self._keys if k not in labels]
-      if missing:
-        raise DataError(
-            f"{len(missing)} of {len(self._keys)} images have no label file, e.g. "
-            f"'{images[missing[0]]}' needs '{os.path.join(label_dir, missing[0])}.png': add the label "
-            "maps (same relative path and stem) or unset --config.input.folder.label_dir")
-      self._labels = [labels[k] for k in self._keys]
+    self._groups = None
+    if groups:
+      ids = _group_ids(image_dir, self._keys, images, flag)
+      self._groups = [ids[k.split(os.sep, 1)[0]] for k in self._keys]
+    self._labels = self._pair(label_dir, self.LABEL_EXTENSIONS, images, "label", f"{flag}.label_dir")
+    self._masks = self._pair(mask_dir, self.MASK_EXTENSIONS, images, "mask", f"{flag}.mask_dir")
     self._num_classes = num_classes
     self._label_mapping = dict(label_mapping) if label_mapping else None
+    self._flag = flag
     self.image_dir = image_dir
     self.has_labels = label_dir is not None
+    self.has_masks = mask_dir is not None
+    self.num_groups = len(set(self._groups)) if self._groups is not None else 0
     # Distinct records this instance could not read; if that is all of them, the pipeline would spin.
     self._unreadable = set()
+
+  def _pair(self, folder: str | None, extensions: Sequence[str], images: Mapping[str, str], what: str,
+            flag: str) -> list[str] | None:
+    """The file of `folder` paired with each image by relative path and stem."""
+    if folder is None:
+      return None
+    found = _list_files(folder, extensions)
+    missing = [k for k in self._keys if k not in found]
+    if missing:
+      raise DataError(
+          f"{len(missing)} of {len(self._keys)} images have no {what} file, e.g. "
+          f"'{images[missing[0]]}' needs '{os.path.join(folder, missing[0])}.png': add the {what} files "
+          f"(same relative path and stem) or unset --config.{flag}")
+    return [found[k] for k in self._keys]
 
   def __len__(self) -> int:
     return len(self._images)
 
   def __repr__(self) -> str:
-    return f"FolderSource({self.image_dir!r}, {len(self)} images, labels={self.has_labels})"
+    return (f"FolderSource({self.image_dir!r}, {len(self)} images, labels={self.has_labels}"
+            + (f", masks={self.has_masks}" if self.has_masks else "")
+            + (f", groups={self.num_groups}" if self._groups is not None else "") + ")")
 
   def __getitem__(self, index: int) -> dict | None:
     index = index % len(self)
@@ -124,6 +172,9 @@ class FolderSource(grain.sources.RandomAccessDataSource):
       if self._labels is not None:
         path = self._labels[index]
         example["label"] = read_label(path)
+      if self._masks is not None:
+        path = self._masks[index]
+        example["mask"] = read_mask(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
       # PIL raises OSError for truncated and unidentified files, ValueError and SyntaxError for some
       # malformed headers; one bad file in 30k should not stop a week-long run.
@@ -132,7 +183,9 @@ class FolderSource(grain.sources.RandomAccessDataSource):
     if "label" in example:
       example["label"] = map_and_check_label(
           example["label"], num_classes=self._num_classes, label_mapping=self._label_mapping,
-          where=f"label file '{path}'", fix="--config.input.folder.label_mapping")
+          where=f"label file '{self._labels[index]}'", fix=f"--config.{self._flag}.label_mapping")
+    if self._groups is not None:
+      example["group"] = np.asarray(self._groups[index], np.int32)
     return example
 
   def _skip(self, index: int, path: str, error: Exception) -> None:
@@ -141,7 +194,7 @@ class FolderSource(grain.sources.RandomAccessDataSource):
     self._unreadable.add(index)
     if len(self._unreadable) == len(self):
       raise DataError(f"none of the {len(self)} images under '{self.image_dir}' can be read (e.g. '{path}': "
-                      f"{error}): check the files or point --config.input.folder.image_dir elsewhere")
+                      f"{error}): check the files or point --config.{self._flag}.image_dir elsewhere")
 
 
 def read_image(path: str, mode: str) -> np.ndarray:
@@ -158,6 +211,18 @@ def read_label(path: str) -> np.ndarray:
       raise DataError(f"label file '{path}' has mode {image.mode}, not a single channel of class indices: "
                       "save parsing maps as 8-bit grayscale or palette PNGs")
     return np.asarray(image).astype(np.int64)
+
+
+def read_mask(path: str) -> np.ndarray:
+  """Reads a hole mask (white = hole) as uint8 {0, 255}."""
+  with Image.open(path) as image:
+    image.load()
+    if image.mode in ("P", "RGB"):  # Grey levels as saved, not palette indices.
+      image = image.convert("L")
+    if image.mode not in ("L", "1", "I", "I;16"):
+      raise DataError(f"mask file '{path}' has mode {image.mode}, not a single channel: save hole masks as "
+                      "8-bit grayscale PNGs, white (255) = hole")
+    return mask_to_uint8(np.asarray(image).astype(np.int64))
 
 
 def _feature(example: Mapping, key: str):
@@ -179,31 +244,36 @@ class TfdsSource(grain.sources.RandomAccessDataSource):
   """Selects and normalises the features the pipeline needs from a TFDS random-access data source."""
 
   def __init__(self, data_source, *, name: str, image_key: str, label_key: str | None,
-               int_keys: Sequence[str], num_classes: int, label_mapping: Mapping[int, int] | None):
+               int_keys: Sequence[str], num_classes: int, label_mapping: Mapping[int, int] | None,
+               mask_key: str | None = None, flag: str = "input.tfds"):
     self._source = data_source
     self._name = name
     self._image_key = image_key
     self._label_key = label_key
+    self._mask_key = mask_key
+    self._flag = flag
     self._int_keys = tuple(int_keys)
     self._num_classes = num_classes
     self._label_mapping = dict(label_mapping) if label_mapping else None
     self.has_labels = label_key is not None
+    self.has_masks = mask_key is not None
     self._check_keys()
 
   def _check_keys(self) -> None:
     """Fails at start-up, not in a reader thread at the first batch, if a configured feature is missing."""
     if not len(self._source):
       raise DataError(f"TFDS dataset '{self._name}' has no examples in this split: check "
-                      "--config.input.tfds.split")
+                      f"--config.{self._flag}.split")
     record = self._source[0]
     fields = [("image_key", self._image_key)] + ([("label_key", self._label_key)] if self._label_key else [])
+    fields += [("mask_key", self._mask_key)] if self._mask_key else []
     fields += [("int_keys", key) for key in self._int_keys]
     for field, key in fields:
       try:
         _feature(record, key)
       except (KeyError, TypeError):
-        raise ConfigError(f"input.tfds.{field} '{key}' is not a feature of '{self._name}' (it has "
-                          f"{_feature_paths(record)}): fix --config.input.tfds.{field}") from None
+        raise ConfigError(f"{self._flag}.{field} '{key}' is not a feature of '{self._name}' (it has "
+                          f"{_feature_paths(record)}): fix --config.{self._flag}.{field}") from None
 
   def __len__(self) -> int:
     return len(self._source)
@@ -222,7 +292,10 @@ class TfdsSource(grain.sources.RandomAccessDataSource):
       label = label[..., 0] if label.ndim == 3 else label
       example["label"] = map_and_check_label(
           label.astype(np.int64), num_classes=self._num_classes, label_mapping=self._label_mapping,
-          where=f"tfds {self._name} record {index}", fix="--config.input.tfds.label_mapping")
+          where=f"tfds {self._name} record {index}", fix=f"--config.{self._flag}.label_mapping")
+    if self._mask_key is not None:
+      mask = np.asarray(_feature(record, self._mask_key))
+      example["mask"] = mask_to_uint8((mask[..., 0] if mask.ndim == 3 else mask).astype(np.int64))
     for key in self._int_keys:
       example[int_key_name(key)] = np.int32(_feature(record, key))
     return example
@@ -233,7 +306,7 @@ def int_key_name(key: str) -> str:
   return key.rsplit("/", 1)[-1].lower()
 
 
-def open_tfds(name: str, *, split: str, data_dir: str | None):
+def open_tfds(name: str, *, split: str, data_dir: str | None, flag: str = "input.tfds"):
   """`tfds.data_source(...)`, with one-line errors for the ways a dataset can be missing."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Slow; only this source needs it.
   from input_pipeline import celebamask_hq  # pylint: disable=g-import-not-at-top,unused-import  # Registers it.
@@ -246,12 +319,12 @@ def open_tfds(name: str, *, split: str, data_dir: str | None):
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(f"TFDS dataset '{name}' is neither a known builder nor prepared under data_dir "
-                    f"'{searched}': check --config.input.tfds.name / data_dir, or prepare it with "
+                    f"'{searched}': check --config.{flag}.name / data_dir, or prepare it with "
                     f"{build_cmd} (for your own builder, run that in its folder)") from None
   if not builder.is_prepared():
     raise DataError(f"TFDS dataset '{name}' is not prepared in '{builder.data_dir}' (data_dir '{searched}'): "
                     f"run {build_cmd} or builder.download_and_prepare(file_format='array_record'), "
-                    "or set --config.input.tfds.data_dir")
+                    f"or set --config.{flag}.data_dir")
   file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
   if file_format not in ("array_record", "parquet"):
     raise DataError(f"TFDS dataset '{name}' in '{builder.data_dir}' is stored as {file_format}, which has no "
@@ -262,6 +335,6 @@ def open_tfds(name: str, *, split: str, data_dir: str | None):
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except ValueError as e:
     if split.split("[")[0] not in splits:
-      raise ConfigError(f"input.tfds.split '{split}' is not a split of '{name}' (it has {splits}): "
-                        "set --config.input.tfds.split") from None
+      raise ConfigError(f"{flag}.split '{split}' is not a split of '{name}' (it has {splits}): "
+                        f"set --config.{flag}.split") from None
     raise DataError(f"TFDS dataset '{name}' split '{split}' cannot be read: {e}".replace("\n", " ")) from e

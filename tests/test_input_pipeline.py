@@ -291,6 +291,16 @@ def test_tfds_dataset_is_read_by_name_with_labels_and_int_keys(tfds_dir):
   assert sorted(seen) == list(range(tfds_fixture.NUM_EXAMPLES))
 
 
+def test_tfds_mask_key_reads_a_mask_feature_and_a_missing_one_names_the_flag(tfds_dir):
+  # The fixture has no mask feature; its segmentation (classes 0..4, none >= 128) reads as a mask with no hole.
+  config = _config("tfds", **{"tfds.name": tfds_fixture.NAME, "tfds.data_dir": tfds_dir,
+                              "tfds.mask_key": "segmentation"}, resolution=8, load_size=12, random_crop=True)
+  batch = _batches(config, 1)[0]
+  assert batch["mask"].shape == (4, 8, 8, 1) and batch["mask"].dtype == np.float32 and not batch["mask"].any()
+  config.tfds.mask_key = "holes"
+  _raises(ConfigError, ["'holes'", "--config.input.tfds.mask_key"], lambda: pipeline.create_source(config))
+
+
 def test_tfds_crop_and_flip_keep_alignment(tfds_dir):
   config = _config("tfds", **{"tfds.name": tfds_fixture.NAME, "tfds.data_dir": tfds_dir,
                               "tfds.label_key": "segmentation"},
@@ -375,6 +385,72 @@ def test_shorter_side_resize_keeps_aspect_and_centre_crops():
   cropped = transforms.crop(out, 0, 5, 10)
   np.testing.assert_array_equal(cropped["label"][0], [0] * 5 + [1] * 5)
 
+
+def test_resize_crop_and_flip_move_landmarks_with_the_pixels():
+  # A 20x40 image whose label has one block (rows 4-7, columns 8-15); a landmark at the block's centre.
+  label = np.zeros((20, 40), np.uint8)
+  label[4:8, 8:16] = 1
+  example = {"image": np.zeros((20, 40, 3), np.uint8), "label": label,
+             "landmarks": np.array([[12.0, 6.0], [0.0, 0.0]], np.float32)}
+  out = transforms.resize(example, 10, "square")  # x scales by 10/40, y by 10/20.
+  np.testing.assert_allclose(out["landmarks"], [[3.0, 3.0], [0.0, 0.0]])
+  rows, cols = np.nonzero(out["label"])
+  assert (rows.mean() + 0.5, cols.mean() + 0.5) == (3.0, 3.0)  # The block's centre, in pixel units.
+  out = transforms.crop(out, 1, 2, (6, 5))
+  np.testing.assert_allclose(out["landmarks"][0], [1.0, 2.0])
+  assert out["label"].shape == (6, 5) and out["image"].shape == (6, 5, 3)
+  flipped = transforms.flip_left_right(out)
+  np.testing.assert_allclose(flipped["landmarks"][0], [4.0, 2.0])  # x' = width - x.
+  np.testing.assert_array_equal(flipped["label"], out["label"][:, ::-1])
+  assert flipped["landmarks"].dtype == np.float32
+
+
+def test_other_spatial_fields_follow_the_image_and_other_fields_pass_through():
+  rng = np.random.default_rng(0)
+  label = rng.integers(0, 5, size=(20, 30), dtype=np.uint8)
+  example = {"image": rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8), "label": label,
+             "parts": np.stack([label, 4 - label], axis=-1).astype(np.int16),  # (H, W, C) ints
+             "depth": label.astype(np.float32) / 4,                             # (H, W) floats
+             "code": np.arange(7, dtype=np.int32), "group": np.asarray(2, np.int32)}
+  out = transforms.resize(example, (10, 12))
+  assert out["image"].shape == (10, 12, 3)
+  np.testing.assert_array_equal(out["parts"][..., 0], out["label"])
+  np.testing.assert_array_equal(out["parts"][..., 1], 4 - out["label"])
+  np.testing.assert_array_equal(out["depth"], out["label"] / np.float32(4))
+  assert out["parts"].dtype == np.int16 and out["depth"].dtype == np.float32
+  out = transforms.flip_left_right(transforms.crop(out, 1, 2, (8, 6)))
+  np.testing.assert_array_equal(out["parts"][..., 0], out["label"])
+  np.testing.assert_array_equal(out["depth"] * 4, out["label"])
+  np.testing.assert_array_equal(out["code"], np.arange(7))
+  assert out["group"] == 2
+
+
+def test_to_float_gives_the_documented_dtypes_with_and_without_domain_prefixes():
+  mask = np.array([[[0, 255], [255, 0]]], np.uint8)
+  for prefix in ("", "b/"):
+    out = transforms.to_float({f"{prefix}image": np.full((1, 2, 2, 3), 255, np.uint8), f"{prefix}mask": mask,
+                               f"{prefix}landmarks": np.ones((1, 3, 2), np.float32),
+                               f"{prefix}label": mask // 255, f"{prefix}group": np.array([3], np.int64)})
+    assert out[f"{prefix}image"].dtype == np.float32 and out[f"{prefix}image"].max() == 1.0
+    assert out[f"{prefix}mask"].dtype == np.float32 and out[f"{prefix}mask"].shape == (1, 2, 2, 1)
+    np.testing.assert_array_equal(out[f"{prefix}mask"][..., 0], [[[0, 1], [1, 0]]])
+    assert out[f"{prefix}landmarks"].dtype == np.float32
+    assert out[f"{prefix}label"].dtype == out[f"{prefix}group"].dtype == np.int32
+
+
+def test_an_int_resolution_and_the_same_square_pair_give_the_same_batches():
+  square = _batches(_config(random_crop=True, load_size=36), 2)
+  _assert_same(_batches(_config(random_crop=True, load_size=(36, 36), resolution=(32, 32)), 2), square)
+  assert pipeline.resolution_hw(_config(resolution=(24, 20))) == (24, 20)
+  assert pipeline.resolution_hw(_config()) == (32, 32)
+  assert pipeline.load_size_hw(_config(resolution=[24, 20])) == (24, 20)  # A list, as read from config.json.
+
+
+def test_shorter_side_with_a_pair_covers_the_box_keeping_the_aspect():
+  image = np.zeros((20, 40, 3), np.uint8)
+  assert transforms.resize({"image": image}, (12, 30), "shorter_side")["image"].shape == (15, 30, 3)
+  assert transforms.resize({"image": image}, (12, 10), "shorter_side")["image"].shape == (12, 24, 3)
+  assert transforms.resize({"image": image}, (12, 10), "square")["image"].shape == (12, 10, 3)
 
 # Today's batches, pinned: new features must leave single-domain batches identical record for record.
 
