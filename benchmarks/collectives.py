@@ -6,7 +6,7 @@ r"""Cross-device collectives per train step, from the compiled HLO: what data pa
 For each registered family (or --family): the family's config (configs/<family>.py, --preset as its get_config
 argument; '' = the paper's setup), a global batch of --per_device_batch x --devices with the shapes of one batch
 of the config's input pipeline, the state sharded as training shards it, and the train step jitted exactly as
-training jits it (`train.jit_train_step`), lowered and compiled for --devices simulated CPU devices from abstract
+training jits it (`train.Programs`), lowered and compiled for --devices simulated CPU devices from abstract
 shapes (no state is allocated, no step runs). Prints each collective kind with its count and the bytes of its
 results (per device; a ring all-reduce sends about 2 (n-1)/n of that), beside the bytes of G's and D's
 parameters; --sources N lists the N largest with their arrays and the JAX operations they came from. Counts
@@ -75,7 +75,6 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import importlib
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from facegen_jax import families
@@ -159,10 +158,6 @@ _SOURCES = flags.DEFINE_integer("sources", 0, "Also list the N largest collectiv
                                 "came from (HLO metadata), to see where the bytes go.")
 
 
-def _abstract(tree, sharding_tree):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sharding_tree)
-
-
 def _abstract_batch(config, sharding) -> dict:
   """The shapes of one global batch of the config's input pipeline: the fields training feeds the step."""
   iterator = pipeline.create_train_iterator(config.input, seed=config.seed, global_batch_size=config.batch_size)
@@ -211,19 +206,15 @@ def _report(name: str) -> None:
   family = families.get_family(name)
   train.validate_config(config)
   family.validate(config)
-  mesh = train.create_mesh()
-  init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  abstract_state = jax.eval_shape(lambda k: families.init_state(config, k), init_key)
-  state_sharding = train._state_shardings(abstract_state, mesh)  # pylint: disable=protected-access
-  batch_sharding = NamedSharding(mesh, P("data"))
-  step = train.jit_train_step(family, config, train_key, state_sharding, batch_sharding)
+  programs = train.Programs(config)
+  abstract_state = programs.abstract_state
   start = time.perf_counter()
-  hlo = step.lower(_abstract(abstract_state, state_sharding), _abstract_batch(config, batch_sharding)).compile(
+  hlo = programs.step.lower(programs.target(), _abstract_batch(config, programs.batch_sharding)).compile(
       ).as_text()
   seconds = time.perf_counter() - start
   found = find_collectives(hlo)
   counts = count_collectives(hlo)
-  g_bytes, d_bytes = _nbytes(abstract_state.g_params), _nbytes(abstract_state.d_params)
+  g_bytes, d_bytes = _nbytes(abstract_state.params["g"]), _nbytes(abstract_state.params["d"])
   size = config.model.get("image_size", config.model.get("crop_size"))
   print(f"\n{name} ({_PRESET.value or 'paper setup'}, {size} px{', ' + ', '.join(notes) if notes else ''}), "
         f"global batch {config.batch_size} over {devices} devices; compiled in {seconds:.0f} s")

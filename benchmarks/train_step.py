@@ -13,7 +13,6 @@ benchmarks/spade_torch.py (NVlabs SPADE, torch 2.13 CPU, 2 threads) in the same 
   rule (nets/conv.py) 9.6 s, spectral norm without kernel transposes 9.1 s, the scheduler option 7.9-9.6 s.
 """
 
-import functools
 import os
 import platform
 import statistics
@@ -25,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from facegen_jax import families
@@ -53,15 +51,11 @@ def main(_):
   family = families.get_family(config.family)
   train.validate_config(config)
   family.validate(config)
-  mesh = train.create_mesh()
-  batch_sharding = NamedSharding(mesh, P("data"))
-  init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  init_fn = functools.partial(families.init_state, config)  # with the EMA generator when config.ema_decay > 0
-  state_sharding = train._state_shardings(jax.eval_shape(init_fn, init_key), mesh)  # pylint: disable=protected-access
-  state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
+  programs = train.Programs(config)  # init (with the EMA groups when config.ema_decay > 0), step, sample
+  state = programs.init(programs.init_key)
   iterator = pipeline.create_train_iterator(config.input, seed=config.seed, global_batch_size=config.batch_size)
-  batch = jax.tree.map(lambda x: jax.device_put(x, batch_sharding), next(iterator))
-  step_fn = train.jit_train_step(family, config, train_key, state_sharding, batch_sharding)
+  batch = programs.global_batch(next(iterator))
+  step_fn = programs.step
 
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()

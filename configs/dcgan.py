@@ -11,6 +11,7 @@ FID/KID while training (off by default): --config.eval.every_steps=5000 --config
 import ml_collections
 
 from facegen_jax import base_config
+from facegen_jax import optim
 
 _CELEBA_TRAIN_IMAGES = 202_599
 
@@ -23,8 +24,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   # 150 epochs of CelebA at batch 128.
   config.num_train_steps = 150 * (_CELEBA_TRAIN_IMAGES // 128)
   config.model = ml_collections.ConfigDict(dict(image_size=64, nz=100, ngf=64, ndf=64, channels=3))
-  config.g_opt = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, b1=0.5, b2=0.999))
-  config.d_opt = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, b1=0.5, b2=0.999))
+  config.optim.g = optim.config(name="adam", lr=2e-4, b1=0.5, b2=0.999)
+  config.optim.d = optim.config(name="adam", lr=2e-4, b1=0.5, b2=0.999)
   config.gan_loss = "bce"
   config.input.resolution = 64
   config.input.resize = "shorter_side"  # Resize(64) + CenterCrop(64) as the original's transforms.

@@ -23,6 +23,7 @@ FID/KID while training (off, as in the original, which scores offline): generate
 import ml_collections
 
 from facegen_jax import base_config
+from facegen_jax import optim
 
 _FACEIT_TRAIN_IMAGES = 20_000
 _LR = 2e-4
@@ -49,10 +50,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   decay_start = config.get_ref("niter") * steps_per_epoch
   # TTUR (the original's default): G at lr / 2, D at lr * 2, Adam betas (0, 0.9). With --no_TTUR the original
   # uses lr for both and betas (0.5, 0.999).
-  config.g_opt = ml_collections.ConfigDict(dict(name="adam", lr=_LR / 2, b1=0.0, b2=0.9,
-                                                decay_start_step=decay_start))
-  config.d_opt = ml_collections.ConfigDict(dict(name="adam", lr=_LR * 2, b1=0.0, b2=0.9,
-                                                decay_start_step=decay_start))
+  config.optim.g = optim.config(name="adam", lr=_LR / 2, b1=0.0, b2=0.9,
+                                                decay_start_step=decay_start)
+  config.optim.d = optim.config(name="adam", lr=_LR * 2, b1=0.0, b2=0.9,
+                                                decay_start_step=decay_start)
   config.gan_loss = "hinge"
   config.loss_weights = ml_collections.ConfigDict(dict(gan=1.0, feat=10.0, vgg=10.0, kld=0.05))
   config.vgg_weights = ""  # A .npz from `python -m facegen_jax.convert vgg19`; needed while loss_weights.vgg > 0.

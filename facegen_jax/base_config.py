@@ -4,6 +4,7 @@ Config files in configs/ start from `base_config()` and add their model and opti
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from facegen_jax.metrics import evaluator
 from input_pipeline import pipeline
@@ -32,6 +33,15 @@ def base_config() -> ml_collections.ConfigDict:
   # A jax.profiler trace of `num_steps` steps from `first_step` into tensorboard/plugins/profile (TensorBoard's
   # profile tab); 0 steps: none.
   config.profile = ml_collections.ConfigDict(dict(num_steps=0, first_step=10))
+  # One optimizer per parameter group the family trains: config.optim.<group> (keys in facegen_jax/optim.py).
+  config.optim = ml_collections.ConfigDict()
+  # Start some parameter groups (parameters, statistics, EMA) from another run directory or a converter's output
+  # when this workdir has no checkpoint yet: fine-tuning, or a second stage on a frozen first one. groups=()
+  # takes every group both have; ("g",) only G (a fresh D); {"coarse": "g"} G of that run as our "coarse".
+  # Optimizers start fresh and the data from the beginning.
+  config.init_from = ml_collections.ConfigDict(dict(
+      workdir=config_dict.placeholder(str), step=config_dict.placeholder(int), best=False,
+      groups=config_dict.placeholder(object)))
   config.input = pipeline.default_input_config()
   config.eval = evaluator.default_config()  # FID/KID during training (off by default; see configs/).
   return config

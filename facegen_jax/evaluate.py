@@ -19,12 +19,11 @@ files, FID only); --save_stats writes the statistics of --real to reuse as such.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Iterator
 
-from absl import app
-from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 from PIL import Image
@@ -34,27 +33,6 @@ from facegen_jax import rundir
 from facegen_jax.metrics import evaluator as evaluator_lib
 from facegen_jax.metrics import fid
 from facegen_jax.metrics import inception
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run (or converter output) whose generator to evaluate.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "--workdir: generated images (default: the run's "
-                                    "eval.num_samples).")
-_NUM_REAL = flags.DEFINE_integer("num_real", None, "--workdir: reference images (default: eval.num_real, else "
-                                 "num_samples).")
-_STEP = flags.DEFINE_integer("step", None, "--workdir: checkpoint step (default: the latest).")
-_BEST = flags.DEFINE_bool("best", False, "--workdir: the best-FID checkpoint training kept.")
-_STATS_DIR = flags.DEFINE_string("stats_dir", None, "--workdir: cache of reference statistics.")
-_REAL = flags.DEFINE_string("real", None, "Folder of reference images, or a statistics .npz.")
-_FAKE = flags.DEFINE_string("fake", None, "Folder of generated images, or a statistics .npz.")
-_INCEPTION = flags.DEFINE_string("inception", None, "Inception weights from `python -m facegen_jax.convert "
-                                 "inception` (--workdir: default the run's eval.inception_weights).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per Inception call, split over the devices "
-                                   "(default 50; --workdir: the run's eval.batch_size).")
-_KID = flags.DEFINE_bool("kid", None, "Also compute KID (default on; --workdir: the run's eval.kid).")
-_KID_SUBSETS = flags.DEFINE_integer("kid_subsets", None, f"KID: number of random subsets (default "
-                                    f"{fid.KID_SUBSETS}; --workdir: the run's eval.kid_subsets).")
-_KID_SUBSET_SIZE = flags.DEFINE_integer("kid_subset_size", None, f"KID: images per subset, at most the smaller "
-                                        f"image count (default {fid.KID_SUBSET_SIZE}; --workdir: the run's).")
-_SAVE_STATS = flags.DEFINE_string("save_stats", None, "Also write the statistics of --real to this .npz.")
 
 # eval.<key> -> the flag that sets it here, for error messages.
 _FLAG_OF = {"inception_weights": "--inception", "kid_off": "--nokid"}
@@ -111,8 +89,10 @@ def statistics(path: str, variables, *, batch_size: int = 50) -> fid.Statistics:
 
 
 def run(real: str, fake: str, weights: str, *, batch_size: int = 50, with_kid: bool = True,
-        kid_subsets: int = fid.KID_SUBSETS, kid_subset_size: int = fid.KID_SUBSET_SIZE,
+        kid_subsets: int = fid.KID_SUBSETS, kid_subset_size: int | None = None,
         save_stats: str | None = None) -> dict[str, float]:
+  """FID (and KID) between two folders or statistics files; kid_subset_size None: 1000, or as many as the
+  smaller image count allows."""
   for name, path in (("--real", real), ("--fake", fake)):
     if not os.path.exists(path):
       raise errors.DataError(f"{name} {path} does not exist: give a folder of images or a statistics .npz")
@@ -129,6 +109,8 @@ def run(real: str, fake: str, weights: str, *, batch_size: int = 50, with_kid: b
   result = fid.metrics(real_stats, fake_stats, with_kid=with_kid, num_subsets=kid_subsets,
                        subset_size=kid_subset_size, option="--kid_subset_size")
   result["real_count"], result["fake_count"] = real_stats.count, fake_stats.count
+  if with_kid:
+    result["kid_subset_size"] = kid_subset_size or fid.default_kid_subset_size(real_stats.count, fake_stats.count)
   return result
 
 
@@ -148,48 +130,76 @@ def run_workdir(workdir: str, *, step: int | None = None, best: bool = False, st
   evaluator = evaluator_lib.Evaluator(config, mesh, stats_dir=stats_dir, option=option)
   result = {key.removeprefix("eval/"): value for key, value in evaluator(state).items()}
   result.update(step=step, real_count=evaluator_lib.num_real(settings), fake_count=settings.num_samples,
-                kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size)
+                kid_subsets=settings.kid_subsets, outputs=evaluator.metric_names)
+  if settings.kid:
+    result["kid_subset_size"] = settings.kid_subset_size or fid.default_kid_subset_size(
+        result["real_count"], result["fake_count"])
   return result
 
 
-def _run_from_flags() -> dict[str, float]:
-  if _WORKDIR.value:
-    if _REAL.value or _FAKE.value or _SAVE_STATS.value:
+def _run(args) -> dict:
+  if args.workdir:
+    if args.real or args.fake or args.save_stats:
       raise errors.ConfigError("--workdir evaluates a run's generator; --real/--fake/--save_stats compare two "
                                "folders: give one or the other")
-    return run_workdir(_WORKDIR.value, step=_STEP.value, best=_BEST.value, stats_dir=_STATS_DIR.value,
-                       num_samples=_NUM_SAMPLES.value, num_real=_NUM_REAL.value,
-                       inception_weights=_INCEPTION.value, batch_size=_BATCH_SIZE.value, kid=_KID.value,
-                       kid_subsets=_KID_SUBSETS.value, kid_subset_size=_KID_SUBSET_SIZE.value)
-  for flag in (_REAL, _FAKE, _INCEPTION):
-    if not flag.value:
-      raise errors.ConfigError(f"--{flag.name} is required (or --workdir to evaluate a run)")
-  kid_subsets = fid.KID_SUBSETS if _KID_SUBSETS.value is None else _KID_SUBSETS.value
-  kid_subset_size = fid.KID_SUBSET_SIZE if _KID_SUBSET_SIZE.value is None else _KID_SUBSET_SIZE.value
-  result = run(_REAL.value, _FAKE.value, _INCEPTION.value,
-               batch_size=50 if _BATCH_SIZE.value is None else _BATCH_SIZE.value,
-               with_kid=_KID.value is not False, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-               save_stats=_SAVE_STATS.value)
-  result.update(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size)
+    return run_workdir(args.workdir, step=args.step, best=args.best, stats_dir=args.stats_dir,
+                       num_samples=args.num_samples, num_real=args.num_real, inception_weights=args.inception,
+                       batch_size=args.batch_size, kid=args.kid, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size)
+  for flag in ("real", "fake", "inception"):
+    if not getattr(args, flag):
+      raise errors.ConfigError(f"--{flag} is required (or --workdir to evaluate a run)")
+  kid_subsets = fid.KID_SUBSETS if args.kid_subsets is None else args.kid_subsets
+  result = run(args.real, args.fake, args.inception, batch_size=50 if args.batch_size is None else args.batch_size,
+               with_kid=args.kid is not False, kid_subsets=kid_subsets, kid_subset_size=args.kid_subset_size,
+               save_stats=args.save_stats)
+  result.update(kid_subsets=kid_subsets, outputs={"": ""})
   return result
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    result = _run_from_flags()
-  except errors.UserError as e:
-    print(f"facegen_jax.evaluate: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+def _print(result: dict) -> None:
   if "step" in result:
     print(f"checkpoint: step {result['step']}")
   print(f"images: real {result['real_count']}, fake {result['fake_count']}")
-  print(f"FID: {result['fid']:.6f}")
-  if "kid_mean" in result:
-    print(f"KID: {result['kid_mean']:.6g} +- {result['kid_std']:.6g} "
-          f"({result['kid_subsets']} subsets of {result['kid_subset_size']})")
+  for output, suffix in result["outputs"].items():
+    label = f" {output}" if suffix else ""
+    print(f"FID{label}: {result[f'fid{suffix}']:.6f}")
+    if f"kid_mean{suffix}" in result:
+      print(f"KID{label}: {result[f'kid_mean{suffix}']:.6g} +- {result[f'kid_std{suffix}']:.6g} "
+            f"({result['kid_subsets']} subsets of {result['kid_subset_size']})")
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m facegen_jax.evaluate", description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", help="a training run (or converter output) whose generator to evaluate")
+  p.add_argument("--num_samples", type=int, help="--workdir: generated images per output (default: the run's "
+                 "eval.num_samples)")
+  p.add_argument("--num_real", type=int, help="--workdir: reference images (default: eval.num_real, else "
+                 "num_samples)")
+  p.add_argument("--step", type=int, help="--workdir: checkpoint step (default: the latest)")
+  p.add_argument("--best", action="store_true", help="--workdir: the best checkpoint training kept")
+  p.add_argument("--stats_dir", help="--workdir: cache of reference statistics")
+  p.add_argument("--real", help="folder of reference images, or a statistics .npz")
+  p.add_argument("--fake", help="folder of generated images, or a statistics .npz")
+  p.add_argument("--inception", help="Inception weights from `python -m facegen_jax.convert inception` "
+                 "(--workdir: default the run's eval.inception_weights)")
+  p.add_argument("--batch_size", type=int, help="images per Inception call, split over the devices (default 50; "
+                 "--workdir: the run's eval.batch_size)")
+  p.add_argument("--kid", action=argparse.BooleanOptionalAction, default=None,
+                 help="also compute KID (default on; --workdir: the run's eval.kid); --nokid or --no-kid: off")
+  p.add_argument("--nokid", dest="kid", action="store_false", help=argparse.SUPPRESS)
+  p.add_argument("--kid_subsets", type=int, help=f"KID: number of random subsets (default {fid.KID_SUBSETS}; "
+                 "--workdir: the run's eval.kid_subsets)")
+  p.add_argument("--kid_subset_size", type=int, help=f"KID: images per subset (default {fid.KID_SUBSET_SIZE}, or "
+                 "the smaller image count if that is less; --workdir: the run's)")
+  p.add_argument("--save_stats", help="also write the statistics of --real to this .npz")
+  return p
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  return errors.run_command("facegen_jax.evaluate", lambda: _print(_run(args)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

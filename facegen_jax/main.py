@@ -2,6 +2,7 @@ r"""Trains a facegen_jax family.
 
   python -m facegen_jax.main --config configs/dcgan.py:cpu --workdir runs/dcgan_cpu \
       [--config.batch_size=64 ...]
+  python -m facegen_jax.main --config configs/spade.py --describe   # parameter counts and shapes, no training
 
 Run it again with the same --workdir to resume from the last checkpoint. On a multi-host TPU slice or a
 SLURM/GPU cluster start the same command on every host; `jax.distributed` finds its peers from the environment.
@@ -31,7 +32,9 @@ _COORDINATOR = flags.DEFINE_string(
     "--num_processes and --process_id); implies --multiprocess.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address: how many processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+_DESCRIBE = flags.DEFINE_bool("describe", False, "Print every network's parameter count and output shapes, then "
+                              "exit without training (--workdir is not needed).")
+flags.mark_flags_as_required(["config"])
 
 
 def _is_multiprocess_environment() -> bool:
@@ -47,6 +50,11 @@ def _quiet_orbax(record) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _DESCRIBE.value:
+    from facegen_jax import describe  # pylint: disable=g-import-not-at-top
+    sys.exit(errors.run_command("facegen_jax", lambda: print(describe.text(_CONFIG.value), flush=True)))
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (where checkpoints, logs and samples go)")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   multiprocess = _MULTIPROCESS.value
   if multiprocess is None:
@@ -59,12 +67,9 @@ def main(argv):
   elif multiprocess:
     jax.distributed.initialize()
   logging.info("JAX %s, process %d of %d", jax.__version__, jax.process_index(), jax.process_count())
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except errors.UserError as e:
-    logging.error("%s", e)
-    print(f"facegen_jax: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  code = errors.run_command("facegen_jax", lambda: train.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+  if code:
+    sys.exit(code)
 
 
 if __name__ == "__main__":

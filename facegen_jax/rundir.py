@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import json
 
+from absl import logging
 from etils import epath
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
 from facegen_jax import errors
 from facegen_jax import families
+from facegen_jax import state as state_lib
 
 CONFIG_FILE = "config.json"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
 BEST_DIR = "best_checkpoint"
+_LEGACY_OPTIMIZERS = {"g": "g_opt", "d": "d_opt"}
+# Fields of the GAN states saved before the one train state, and where they live now.
+_LEGACY_FIELDS = {"g_params": ("params", "g"), "d_params": ("params", "d"), "g_opt_state": ("opt_state", "g"),
+                  "d_opt_state": ("opt_state", "d"), "ema_params": ("ema", "g")}
 
 
 def absolute(path) -> epath.Path:
@@ -57,9 +64,12 @@ def load_config(workdir) -> ml_collections.ConfigDict:
         f"{path} does not exist: --workdir must be a directory written by `python -m facegen_jax.main` or by "
         "`python -m facegen_jax.convert`")
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    values = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise errors.UserError(f"{path} is not valid JSON ({e}): restore it from the run or re-run the converter") from e
+  if "optim" not in values:  # Written before config.optim: the optimizers were config.g_opt / config.d_opt.
+    values["optim"] = {group: values.pop(key) for group, key in _LEGACY_OPTIMIZERS.items() if key in values}
+  return ml_collections.ConfigDict(values)
 
 
 def _directory(workdir, best: bool) -> epath.Path:
@@ -78,11 +88,70 @@ def has_item(workdir, step: int, item: str, *, best: bool = False) -> bool:
   return (_directory(workdir, best) / str(step) / item).exists()
 
 
+def _saved_fields(directory: epath.Path, step: int) -> dict:
+  """The top level of the saved state's tree: {field: its metadata tree}."""
+  tree = ocp.StandardCheckpointHandler().metadata(directory / str(step) / STATE_ITEM).tree
+  return dict(tree)
+
+
+def _has_arrays(tree) -> bool:
+  return bool(jax.tree.leaves(tree))
+
+
+def _legacy_target(target: state_lib.TrainState, family, with_ema: bool) -> dict:
+  fields = {"step": target.step, **family.collections_to_legacy(target.collections)}
+  for field, (attribute, group) in _LEGACY_FIELDS.items():
+    if field != "ema_params" or with_ema:
+      fields[field] = getattr(target, attribute)[group]
+  return fields
+
+
+def _from_legacy(fields: dict, target: state_lib.TrainState, family) -> state_lib.TrainState:
+  parts = {"params": {}, "opt_state": {}, "ema": {}}
+  for field, (attribute, group) in _LEGACY_FIELDS.items():
+    if field in fields:
+      parts[attribute][group] = fields[field]
+  return target.replace(step=fields["step"], collections=family.collections_from_legacy(fields), **parts)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target: state_lib.TrainState, config, *,
+            items: dict | None = None) -> state_lib.TrainState:
+  """The state at `step` restored into `target`'s structure and shardings (abstract arrays), with `items` (e.g.
+  the data iterator) restored beside it.
+
+  Also reads checkpoints saved without the EMA groups the config now keeps (the averages then start from the
+  parameters, as a warning says) and the GAN states of run directories written before the one train state.
+  """
+  directory = epath.Path(manager.directory)
+  saved = _saved_fields(directory, step)
+  family = families.get_family(config.family)
+  legacy = "g_params" in saved
+  saved_ema = _has_arrays(saved.get("ema_params" if legacy else "ema"))
+  with_ema = saved_ema and bool(target.ema)
+  if legacy:
+    if not hasattr(family, "collections_to_legacy"):
+      raise errors.UserError(f"the checkpoint at {directory / str(step)} has the old GAN layout, which family "
+                             f"{config.family!r} never used: is --workdir the right run?")
+    state_target = _legacy_target(target, family, with_ema)
+  else:
+    state_target = target if with_ema or not target.ema else target.replace(ema={})
+  args = {STATE_ITEM: ocp.args.StandardRestore(state_target), **(items or {})}
+  restored = manager.restore(step, args=ocp.args.Composite(**args))[STATE_ITEM]
+  state = _from_legacy(restored, target, family) if legacy else restored
+  if target.ema and not with_ema:
+    state = state.replace(ema={group: jax.tree.map(jnp.copy, state.params[group]) for group in target.ema})
+    logging.warning("The checkpoint at step %d has no EMA of %s (saved with ema_decay 0, or converted): the "
+                    "average starts from the parameters.", step, sorted(target.ema))
+  elif not target.ema:
+    state = state.replace(ema={})
+  return state
+
+
 def restore_state(workdir, config: ml_collections.ConfigDict, *, step: int | None = None, best: bool = False,
                   sharding: jax.sharding.Sharding | None = None):
   """The family's train state at `step` (default: the latest checkpoint), on one device unless `sharding`.
 
-  `best`: from DIR/best_checkpoint (the lowest FID of a run that evaluated) instead of DIR/checkpoints.
+  `best`: from DIR/best_checkpoint (the best evaluation of a run that evaluated) instead of DIR/checkpoints.
   Returns (state, step). Only the "state" item is read, so the input pipeline need not exist here.
   """
   families.get_family(config.family)  # An unknown family is a ConfigError naming the known ones.
@@ -102,8 +171,7 @@ def restore_state(workdir, config: ml_collections.ConfigDict, *, step: int | Non
   abstract = jax.eval_shape(lambda key: families.init_state(config, key), jax.random.key(0))
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
   with ocp.CheckpointManager(directory) as manager:
-    restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
-  return restored[STATE_ITEM], step
+    return restore(manager, step, target, config), step
 
 
 def save_state(workdir, config: ml_collections.ConfigDict, state, *, step: int = 0) -> epath.Path:

@@ -7,6 +7,7 @@ SIGKILL or SIGTERM) continues with the same parameters and the same data order.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import resource
@@ -31,9 +32,11 @@ import orbax.checkpoint as ocp
 
 from facegen_jax import compile as compile_lib
 from facegen_jax import errors
+from facegen_jax.optim import path_name as optim_path
 from facegen_jax import families
 from facegen_jax import images as images_lib
 from facegen_jax import rundir
+from facegen_jax import state as state_lib
 from facegen_jax.families import common
 from facegen_jax.metrics import evaluator as evaluator_lib
 from input_pipeline import pipeline
@@ -98,15 +101,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   evaluator_lib.validate(config)
 
 
-def _state_shardings(abstract_state, mesh: Mesh):
-  # Leaves without partitioning metadata are replicated; a family can shard a large weight with
-  # nn.with_partitioning and it is honoured here.
+def state_shardings(abstract_state, mesh: Mesh):
+  """NamedShardings for a state: leaves without partitioning metadata are replicated; a family can shard a large
+  weight with nn.with_partitioning and it is honoured here."""
   specs = nn.get_partition_spec(abstract_state)
   return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
 
 
 def _guarded_step(family, config, train_key, mesh: Mesh | None = None):
-  """The family's step with the per-step key folded in, the EMA generator updated (config.ema_decay > 0) and,
+  """The family's step with the per-step key folded in, the EMA groups updated (config.ema_decay > 0) and,
   when configured, non-finite updates dropped. Traced under `mesh` (if given), so a family can split the
   batch-sized arrays it creates over "data" (`common.shard_over_batch`)."""
   def step(state, batch):
@@ -117,9 +120,7 @@ def _guarded_step(family, config, train_key, mesh: Mesh | None = None):
       with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         new_state, metrics = family.train_step(config, state, batch, rng)
     if config.ema_decay:
-      # ema <- decay * ema + (1 - decay) * G, after G's update.
-      new_state = new_state.replace(ema_params=optax.incremental_update(
-          new_state.g_params, state.ema_params, step_size=1.0 - config.ema_decay))
+      new_state = state_lib.update_ema(new_state, config.ema_decay)
     if config.nonfinite == "skip":
       finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -129,11 +130,45 @@ def _guarded_step(family, config, train_key, mesh: Mesh | None = None):
   return step
 
 
-def jit_train_step(family, config, train_key, state_sharding, batch_sharding):
-  """The jitted, state-donating train step; on CPU compiled with the options that make its convs fast."""
-  return compile_lib.jit(_guarded_step(family, config, train_key, batch_sharding.mesh),
-                 in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, NamedSharding(batch_sharding.mesh, P())), donate_argnums=0)
+class Programs:
+  """The loop's jitted programs for `config` on `mesh`, built as training builds them (tests and benchmarks use
+  this too, so they run what training runs):
+
+    init(init_key) -> state              sharded by `state_sharding`
+    step(state, batch) -> state, metrics the family's step with the loop's guards; donates the state
+    sample(state, inputs) -> images      the family's sample grid from the inference (EMA) parameters
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None = None):
+    self.config = config
+    self.family = families.get_family(config.family)
+    self.mesh = mesh if mesh is not None else create_mesh()
+    self.init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
+    init_fn = functools.partial(families.init_state, config)
+    self.abstract_state = jax.eval_shape(init_fn, self.init_key)
+    self.state_sharding = state_shardings(self.abstract_state, self.mesh)
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.init = compile_lib.jit(init_fn, out_shardings=self.state_sharding)
+    self.step = compile_lib.jit(_guarded_step(self.family, config, self.train_key, self.mesh),
+                                in_shardings=(self.state_sharding, self.batch_sharding),
+                                out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+    family = self.family
+    self.sample = compile_lib.jit(
+        lambda state, inputs: family.sample(config, state_lib.inference_state(state), inputs),
+        out_shardings=self.replicated)
+
+  def target(self):
+    """The abstract state with its shardings: what a checkpoint is restored into."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
+                        self.state_sharding)
+
+  def global_batch(self, host_batch: dict) -> dict:
+    """This process's rows of a batch -> the global batch split over "data"."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
+
+  def replicate(self, tree):
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), self.replicated), tree)
 
 
 class _FrozenIteratorState:
@@ -172,21 +207,16 @@ class _PreemptionWatcher:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _host_batch_to_global(batch: dict, sharding: NamedSharding) -> dict:
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-def _sample_inputs(family, config, mesh, source):
+def _sample_inputs(programs: Programs, source):
   """Fixed sample inputs, the same on every process and after every restart: the first batch of a fresh,
   unsharded iterator and a key derived from the seed."""
+  config = programs.config
   input_config = ml_collections.ConfigDict(config.input.to_dict())
   input_config.worker_count = 0
   iterator = pipeline.create_train_iterator(input_config, seed=config.seed + 1,
                                             global_batch_size=config.num_sample_images, source=source)
   batch = next(iterator)
-  inputs = family.sample_inputs(config, jax.random.key(config.seed + 2), batch)
-  replicated = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: jax.device_put(np.asarray(x), replicated), inputs)
+  return programs.replicate(programs.family.sample_inputs(config, jax.random.key(config.seed + 2), batch))
 
 
 def _memory_scalars() -> dict[str, float]:
@@ -256,23 +286,27 @@ def _write_samples(writer, paths: RunPaths, step: int, sample_fn, state, sample_
 
 
 class _BestCheckpoint:
-  """DIR/best_checkpoint: the state of the evaluation with the lowest FID (Orbax keeps the one best)."""
+  """DIR/best_checkpoint: the state of the evaluation with the lowest `metric` (an eval/ scalar without the
+  prefix, e.g. "fid" or "fid_a2b"); Orbax keeps the one best."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, metric: str):
+    self.metric = metric
     self._manager = ocp.CheckpointManager(
         rundir.best_checkpoint_dir(workdir),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["fid"], best_mode="min",
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[metric], best_mode="min",
                                              create=True, enable_async_checkpointing=False))
 
   def best(self) -> tuple[int | None, float]:
     step = self._manager.best_step()
-    return (None, math.inf) if step is None else (step, float(self._manager.metrics(step)["fid"]))
+    if step is None or self.metric not in (self._manager.metrics(step) or {}):
+      return None, math.inf
+    return step, float(self._manager.metrics(step)[self.metric])
 
-  def offer(self, step: int, fid: float, state) -> None:
+  def offer(self, step: int, value: float, state) -> None:
     # A step already saved is the same evaluation repeated after a restart from an earlier checkpoint.
-    if fid < self.best()[1] and step not in self._manager.all_steps():
+    if value < self.best()[1] and step not in self._manager.all_steps():
       self._manager.save(step, args=ocp.args.Composite(**{rundir.STATE_ITEM: ocp.args.StandardSave(state)}),
-                         metrics={"fid": fid}, force=True)
+                         metrics={self.metric: value}, force=True)
 
   def close(self):
     self._manager.wait_until_finished()
@@ -282,15 +316,72 @@ class _BestCheckpoint:
 def _evaluate(evaluator, best: _BestCheckpoint, writer, step: int, state) -> None:
   start = time.perf_counter()
   scalars = evaluator(state)
-  best.offer(step, scalars["eval/fid"], state)
-  best_step, best_fid = best.best()
-  scalars["eval/best_fid"] = best_fid
+  name = f"eval/{best.metric}"
+  if name not in scalars:
+    raise errors.ConfigError(f"config.eval.best_metric {best.metric!r} is not among the evaluation's metrics "
+                             f"{sorted(k.removeprefix('eval/') for k in scalars)}: fix --config.eval.best_metric")
+  best.offer(step, scalars[name], state)
+  best_step, best_value = best.best()
+  scalars[f"eval/best_{best.metric}"] = best_value
   scalars["eval/seconds"] = time.perf_counter() - start
   writer.write_scalars(step, scalars)
-  kid = (f", KID {scalars['eval/kid_mean']:.5g} +- {scalars['eval/kid_std']:.3g}"
-         if "eval/kid_mean" in scalars else "")
-  logging.info("eval at step %d: FID %.4f%s (best FID %.4f at step %s) in %.0f s", step, scalars["eval/fid"], kid,
-               best_fid, best_step, scalars["eval/seconds"])
+  shown = ", ".join(f"{k.removeprefix('eval/')} {v:.5g}" for k, v in sorted(scalars.items())
+                    if k.startswith(("eval/fid", "eval/kid_mean")))
+  logging.info("eval at step %d: %s (best %s %.5g at step %s) in %.0f s", step, shown, best.metric, best_value,
+               best_step, scalars["eval/seconds"])
+
+
+def _init_groups(requested, state, source) -> dict[str, str]:
+  """config.init_from.groups -> {our group: the source's group}: () takes every group both states have, names
+  keep their names, a mapping {ours: theirs} renames."""
+  if not requested:
+    return {group: group for group in state.params if group in source.params}
+  if hasattr(requested, "items"):
+    return {str(ours): str(theirs) for ours, theirs in requested.items()}
+  if isinstance(requested, str):
+    requested = (requested,)
+  return {group: group for group in requested}
+
+
+def _check_same_shapes(ours, theirs, what: str) -> None:
+  mine = {optim_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(ours)}
+  other = {optim_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(theirs)}
+  if mine != other:
+    differ = sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k))
+    shown = ", ".join(f"{k} {mine.get(k)} vs {other.get(k)}" for k in differ[:5])
+    raise errors.ConfigError(f"config.init_from: {what} differ from this config's ({len(differ)} of them: "
+                             f"{shown}): give a run of the same model, or fix --config.model")
+
+
+def init_from(config: ml_collections.ConfigDict, state: state_lib.TrainState, sharding):
+  """`state` with the groups config.init_from names (parameters, collections, EMA) taken from another run
+  directory (a training run or a converter's output); the other groups and every optimizer stay fresh, the step
+  stays 0 and the data starts from the beginning."""
+  c = config.init_from
+  source_config = rundir.load_config(c.workdir)
+  source, step = rundir.restore_state(c.workdir, source_config, step=c.step, best=c.best)
+  groups = _init_groups(c.groups, state, source)
+  for ours, theirs in groups.items():
+    if ours not in state.params or theirs not in source.params:
+      raise errors.ConfigError(
+          f"config.init_from.groups: cannot take group {theirs!r} of {c.workdir} (it has {sorted(source.params)}) "
+          f"into {ours!r} (this config has {sorted(state.params)}): fix --config.init_from.groups")
+    _check_same_shapes(state.params[ours], source.params[theirs], f"the parameters of group {theirs!r}")
+    _check_same_shapes(state.collections.get(ours, {}), source.collections.get(theirs, {}),
+                       f"the statistics of group {theirs!r}")
+  params, collections, ema = dict(state.params), dict(state.collections), dict(state.ema)
+  for ours, theirs in groups.items():
+    params[ours] = source.params[theirs]
+    if ours in state.collections:
+      collections[ours] = source.collections[theirs]
+    if ours in state.ema:
+      ema[ours] = source.ema.get(theirs, source.params[theirs])
+  new = jax.device_put(state.replace(params=params, collections=collections, ema=ema), sharding)
+  fresh = sorted(set(state.params) - set(groups))
+  logging.info("Initialised %s: group(s) %s from %s at step %d; %s fresh; optimizers fresh, data from the start.",
+               config.family, ", ".join(f"{o}<-{t}" if o != t else o for o, t in groups.items()), c.workdir, step,
+               ", ".join(fresh) if fresh else "no group")
+  return new
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -305,61 +396,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   mesh = create_mesh()
   logging.info("Devices: %d (%s) in %d process(es); mesh %s", jax.device_count(), jax.default_backend(),
                jax.process_count(), dict(mesh.shape))
-  source = pipeline.create_source(config.input)  # Built once: a folder source scans its directory.
+  source = pipeline.create_sources(config.input)  # Built once: a folder source scans its directory.
   logging.info("Data: %s", pipeline.describe(config.input, source))
   evaluator = None  # Built before the state, so a setting it cannot work with fails in seconds.
   if config.eval.every_steps:
     evaluator = evaluator_lib.Evaluator(config, mesh, stats_dir=config.eval.stats_dir or
                                         paths.workdir / evaluator_lib.STATS_DIR)
+    best_metric = evaluator.best_metric()
 
   train_iter = pipeline.create_train_iterator(
       config.input, seed=config.seed, global_batch_size=config.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(), source=source)
 
-  init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  init_fn = lambda rng: families.init_state(config, rng)
-  abstract_state = jax.eval_shape(init_fn, init_key)
-  state_sharding = _state_shardings(abstract_state, mesh)
-  batch_sharding = NamedSharding(mesh, P("data"))
-
+  programs = Programs(config, mesh)
   rundir.save_config(paths.workdir, config)
   manager = ocp.CheckpointManager(
       rundir.checkpoint_dir(paths.workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
                                            enable_async_checkpointing=config.async_checkpointing))
+  # Resume > init_from another run > scratch, in that order.
   latest = manager.latest_step()
   if latest is None:
-    state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
-    logging.info("Initialised %s from scratch.", config.family)
+    state = programs.init(programs.init_key)
+    if config.init_from.workdir:
+      state = init_from(config, state, programs.state_sharding)
+    else:
+      logging.info("Initialised %s from scratch.", config.family)
   else:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract_state, state_sharding)
-    items = {rundir.STATE_ITEM: ocp.args.StandardRestore(target)}
     has_data = rundir.has_item(paths.workdir, latest, rundir.DATA_ITEM)
-    if has_data:
-      items[rundir.DATA_ITEM] = grain.checkpoint.CheckpointRestore(train_iter)
-    try:
-      state = manager.restore(latest, args=ocp.args.Composite(**items))[rundir.STATE_ITEM]
-    except ValueError:  # Orbax's tree mismatch; the one we can mend is a checkpoint saved without EMA.
-      if not config.ema_decay:
-        raise
-      items[rundir.STATE_ITEM] = ocp.args.StandardRestore(target.replace(ema_params=None))
-      state = manager.restore(latest, args=ocp.args.Composite(**items))[rundir.STATE_ITEM]
-      state = state.replace(ema_params=jax.tree.map(jnp.copy, state.g_params))
-      logging.warning("The checkpoint at step %d has no EMA generator (saved with ema_decay 0 or converted): "
-                      "the EMA starts from G's parameters.", latest)
+    items = {rundir.DATA_ITEM: grain.checkpoint.CheckpointRestore(train_iter)} if has_data else {}
+    state = rundir.restore(manager, latest, programs.target(), config, items=items)
     logging.info("Resumed from the checkpoint at step %d in %s%s", latest, paths.checkpoints,
                  "" if has_data else " (a converted checkpoint without data position: the data starts anew)")
-  for name in ("g_params", "d_params"):
-    if hasattr(state, name):
-      logging.info("%s: %s parameters", name, f"{common.count_params(getattr(state, name)):,}")
+  for group, params in state.params.items():
+    trained = "" if group in programs.family.CONTRACT.optimizer_groups else " (frozen: no optimizer)"
+    logging.info("Parameter group %r: %s parameters%s", group, f"{common.count_params(params):,}", trained)
 
-  step_fn = jit_train_step(family, config, train_key, state_sharding, batch_sharding)
-  sample_fn = jax.jit(lambda state, inputs: family.sample(config, common.inference_state(state), inputs),
-                      out_shardings=NamedSharding(mesh, P()))
-  sample_inputs = _sample_inputs(family, config, mesh, source)
+  sample_inputs = _sample_inputs(programs, source)
 
-  best = _BestCheckpoint(paths.workdir) if evaluator is not None else None
+  best = _BestCheckpoint(paths.workdir, best_metric) if evaluator is not None else None
   writer = metric_writers.create_default_writer(
       str(paths.tensorboard), just_logging=jax.process_index() > 0, asynchronous=True)
   report_progress = periodic_actions.ReportProgress(
@@ -375,8 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   try:
     for step in range(first_step + 1, config.num_train_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        batch = _host_batch_to_global(next(train_iter), batch_sharding)
-        state, metrics = step_fn(state, batch)
+        state, metrics = programs.step(state, programs.global_batch(next(train_iter)))
       if pending is not None:
         averager.add(*pending, last_checkpoint)
       pending = (step, metrics)
@@ -393,7 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         log_start = (step, time.perf_counter())
         writer.write_scalars(step, scalars)
       if step % config.sample_every_steps == 0 or is_last:
-        _write_samples(writer, paths, step, sample_fn, state, sample_inputs)
+        _write_samples(writer, paths, step, programs.sample, state, sample_inputs)
       if evaluator is not None and (step % config.eval.every_steps == 0 or is_last):
         _evaluate(evaluator, best, writer, step, state)
       preempted = watcher.should_stop(step)

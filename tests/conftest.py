@@ -19,7 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(family: str, /, **overrides):
-  """configs/<family>.py:tiny with dotted overrides, e.g. tiny_config("dcgan", **{"g_opt.lr": 1e-3})."""
+  """configs/<family>.py:tiny with dotted overrides, e.g. tiny_config("dcgan", **{"optim.g.lr": 1e-3})."""
   config = importlib.import_module(f"configs.{family}").get_config("tiny")
   for key, value in overrides.items():
     *parents, leaf = key.split(".")

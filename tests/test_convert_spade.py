@@ -19,6 +19,7 @@ from facegen_jax import rundir
 from facegen_jax.convert import spade as convert_spade
 from facegen_jax.convert.__main__ import main as convert_main
 from facegen_jax.errors import UserError
+from facegen_jax import families
 from facegen_jax.families import spade
 
 torch = pytest.importorskip("torch", reason="computes reference outputs with torch: see requirements-test.txt")
@@ -204,14 +205,14 @@ def test_faceit_style_generator_through_generate(tmp_path, capsys):
   config = rundir.load_config(out)
   assert (config.model.label_nc, config.input.num_classes, config.input.resolution) == (19, 19, 32)
   (a, _), (b, _) = rundir.restore_state(out, config), rundir.restore_state(wrapped, config)
-  generator_vars = lambda s: (s.g_params, s.batch_stats["g"], s.spectral_stats["g"])
+  generator_vars = lambda s: (s.params["g"], s.collections["g"])
   jax.tree.map(np.testing.assert_array_equal, generator_vars(a), generator_vars(b))
   # Key by key, as the docstring of facegen_jax.nets.spade says.
-  np.testing.assert_array_equal(a.g_params["fc"]["kernel"], sd["fc.weight"].numpy().transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(a.g_params["up_0"]["conv_s"]["kernel"],
+  np.testing.assert_array_equal(a.params["g"]["fc"]["kernel"], sd["fc.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(a.params["g"]["up_0"]["conv_s"]["kernel"],
                                 sd["up_0.conv_s.weight_orig"].numpy().transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(a.spectral_stats["g"]["up_0"]["conv_s"]["v"], sd["up_0.conv_s.weight_v"].numpy())
-  np.testing.assert_array_equal(a.batch_stats["g"]["head_0"]["norm_1"]["param_free_norm"]["running_var"],
+  np.testing.assert_array_equal(a.collections["g"]["spectral_stats"]["up_0"]["conv_s"]["v"], sd["up_0.conv_s.weight_v"].numpy())
+  np.testing.assert_array_equal(a.collections["g"]["batch_stats"]["head_0"]["norm_1"]["param_free_norm"]["running_var"],
                                 sd["head_0.norm_1.param_free_norm.running_var"].numpy())
   assert not np.allclose(sd["head_0.norm_1.param_free_norm.running_var"].numpy(), 1)  # Moved by training.
 
@@ -293,7 +294,7 @@ def test_full_size_faceit_generator_keys_map_one_to_one():
   assert model == dict(label_nc=19, ngf=64, crop_size=128, aspect_ratio=1.0, use_vae=False, g_spectral_norm=True,
                        g_param_free_norm="batch", num_upsampling_layers="normal")
   config = convert_spade.build_config(model)
-  abstract = jax.eval_shape(functools.partial(spade.init_state, config), jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(families.init_state, config), jax.random.key(0))
   expected = convert_spade.expected_keys(convert_spade._generator_variables(abstract),
                                          convert_spade._G_SEQUENTIAL)
   convert_spade.check_keys(sd, expected, "faceit", "")

@@ -9,6 +9,7 @@ import pytest
 
 from configs import dcgan as dcgan_config
 from facegen_jax import errors
+from facegen_jax import families
 from facegen_jax.families import common
 from facegen_jax.families import dcgan
 from tests.conftest import REPO, tiny_config
@@ -17,9 +18,9 @@ from tests.conftest import REPO, tiny_config
 def test_parameter_counts_match_the_pytorch_original():
   # torch: sum(p.numel() for p in netG.parameters()) for nz=100, ngf=ndf=64, 64 px.
   config = dcgan_config.get_config()
-  state = jax.eval_shape(functools.partial(dcgan.init_state, config), jax.random.key(0))
-  assert common.count_params(state.g_params) == 3_576_704
-  assert common.count_params(state.d_params) == 2_765_568
+  state = jax.eval_shape(functools.partial(families.init_state, config), jax.random.key(0))
+  assert common.count_params(state.params["g"]) == 3_576_704
+  assert common.count_params(state.params["d"]) == 2_765_568
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -37,12 +38,12 @@ def test_shapes(size):
 
 def test_init_follows_weights_init():
   config = dcgan_config.get_config()
-  state = dcgan.init_state(config, jax.random.key(0))
-  kernel = np.asarray(state.g_params["ConvTranspose_1"]["kernel"])
+  state = families.init_state(config, jax.random.key(0))
+  kernel = np.asarray(state.params["g"]["ConvTranspose_1"]["kernel"])
   assert abs(kernel.std() - 0.02) < 0.001 and abs(kernel.mean()) < 0.001
-  scale = np.asarray(state.g_params["BatchNorm_1"]["scale"])
+  scale = np.asarray(state.params["g"]["BatchNorm_1"]["scale"])
   assert abs(scale.mean() - 1.0) < 0.01 and 0.01 < scale.std() < 0.03
-  assert "bias" not in state.g_params["ConvTranspose_1"]
+  assert "bias" not in state.params["g"]["ConvTranspose_1"]
 
 
 def test_bad_image_size_is_a_config_error():
@@ -62,11 +63,11 @@ def test_training_moves_samples_toward_the_data():
   measured here over 2 init seeds x 2 conv lowerings: 0.32 -> 0.16..0.18 (ratio 0.50..0.58), while an
   untrained G stays at the start."""
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  config = tiny_config("dcgan", batch_size=16, num_train_steps=200, **{"g_opt.lr": 1e-3, "d_opt.lr": 1e-3})
+  config = tiny_config("dcgan", batch_size=16, num_train_steps=200, **{"optim.g.lr": 1e-3, "optim.d.lr": 1e-3})
   iterator = pipeline.create_train_iterator(config.input, seed=0, global_batch_size=16)
   batches = [{"image": jnp.asarray(next(iterator)["image"])} for _ in range(4)]
   real = jnp.concatenate([b["image"] for b in batches])
-  state = dcgan.init_state(config, jax.random.key(0))
+  state = families.init_state(config, jax.random.key(0))
   step = jax.jit(functools.partial(dcgan.train_step, config))
   inputs = dcgan.sample_inputs(config, jax.random.key(1), None)
   gap = lambda: _moment_gap(dcgan.sample(config, state, inputs)["generated"], real)

@@ -54,7 +54,7 @@ def weights(tmp_path_factory) -> str:
 def dcgan_run(tmp_path_factory, weights):
   """A tiny DCGAN run evaluated at steps 2 and 4 (G at a high learning rate, so the two FIDs differ)."""
   workdir = tmp_path_factory.mktemp("dcgan_eval") / "run"
-  config = tiny_config("dcgan", **_EVAL, **{"eval.inception_weights": weights, "g_opt.lr": 5e-3})
+  config = tiny_config("dcgan", **_EVAL, **{"eval.inception_weights": weights, "optim.g.lr": 5e-3})
   train.train_and_evaluate(config, str(workdir))
   return workdir
 
@@ -133,15 +133,15 @@ def test_each_process_reads_its_share_of_every_batch(monkeypatch, weights, tmp_p
   config = tiny_config("spade", **_EVAL, **{"eval.inception_weights": weights})
   mesh = fid.create_mesh()
   evaluator = evaluator_lib.Evaluator(config, mesh, stats_dir=tmp_path)
-  single = list(evaluator._local_batches(10, ("image", "label")))
+  single = list(evaluator._local_batches(10, ("image", "label"), real=True))
   assert [(b, valid) for b, valid, _ in single] == [(0, 4), (1, 4), (2, 2)]
   shares = []
   for process in (0, 1):
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda process=process: process)
-    shares.append(list(evaluator._local_batches(10, ("image", "label"))))
+    shares.append(list(evaluator._local_batches(10, ("image", "label"), real=True)))
   monkeypatch.undo()
-  source = evaluator._source
+  source = evaluator._sources[""]
   for b, (_, _, whole) in enumerate(single):
     for key in ("image", "label"):
       stacked = np.concatenate([shares[0][b][2][key], shares[1][b][2][key]])

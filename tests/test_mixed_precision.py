@@ -54,9 +54,9 @@ def test_bfloat16_dcgan_step_is_close_to_float32():
   for name, value in bf16_metrics.items():  # measured: within 1.2e-3 relative
     assert np.isfinite(value), name
     np.testing.assert_allclose(value, f32_metrics[name], rtol=1e-2, atol=1e-3, err_msg=name)
-  assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16_state.g_params))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16_state.params["g"]))
   # The update moved G by about as much as in float32 (Adam's first step is ~lr * sign(grad) per weight).
-  for a, b, before in zip(jax.tree.leaves(f32_state.g_params), jax.tree.leaves(bf16_state.g_params),
-                          jax.tree.leaves(_step_and_inputs("dcgan", "float32")[1].g_params)):
+  for a, b, before in zip(jax.tree.leaves(f32_state.params["g"]), jax.tree.leaves(bf16_state.params["g"]),
+                          jax.tree.leaves(_step_and_inputs("dcgan", "float32")[1].params["g"])):
     moved_f32, moved_bf16 = np.abs(a - before).mean(), np.abs(b - before).mean()
     assert moved_bf16 == pytest.approx(moved_f32, rel=0.1)

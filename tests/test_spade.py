@@ -24,6 +24,7 @@ from facegen_jax import images as images_lib
 from facegen_jax import optim
 from facegen_jax import rundir
 from facegen_jax import train
+from facegen_jax import families
 from facegen_jax.families import common
 from facegen_jax.families import spade
 from input_pipeline import pipeline
@@ -34,7 +35,7 @@ from tests.conftest import tiny_config
 _STEPS = 40
 _OVERRIDES = {"num_train_steps": _STEPS, "checkpoint_every_steps": 20, "log_every_steps": 20,
               "sample_every_steps": _STEPS, "input.synthetic.num_examples": 4, "model.ndf": 16,
-              "g_opt.lr": 1e-3, "d_opt.lr": 4e-3}
+              "optim.g.lr": 1e-3, "optim.d.lr": 4e-3}
 _METRICS = {"g/gan", "g/feat", "g/loss", "d/fake", "d/real", "d/loss"}
 
 
@@ -53,30 +54,14 @@ def _class_colour_error(label, fake, real, num_classes=19) -> float:
   return float((jnp.where(present, gap, 0.0).sum(1) / present.sum(1)).mean())
 
 
-class _LoopPrograms:
+class _LoopPrograms(train.Programs):
   """init / step / sample jitted as the loop jits them (same shardings, donation and keys)."""
 
-  def __init__(self, config):
-    self.config = config
-    self.mesh = train.create_mesh()
-    self.init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    init_fn = functools.partial(spade.init_state, config)
-    self.state_sharding = train._state_shardings(jax.eval_shape(init_fn, self.init_key), self.mesh)
-    self.batch_sharding = NamedSharding(self.mesh, P("data"))
-    replicated = NamedSharding(self.mesh, P())
-    self.init = jax.jit(init_fn, out_shardings=self.state_sharding)
-    self.step = jax.jit(train._guarded_step(spade, config, train_key),
-                        in_shardings=(self.state_sharding, self.batch_sharding),
-                        out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self.sample = jax.jit(functools.partial(spade.sample, config), out_shardings=replicated)
-    self.replicated = replicated
-
   def batch(self, host_batch):
-    return train._host_batch_to_global(host_batch, self.batch_sharding)
+    return self.global_batch(host_batch)
 
   def sample_inputs(self, host_batch):
-    inputs = spade.sample_inputs(self.config, jax.random.key(0), host_batch)
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), self.replicated), inputs)
+    return self.replicate(spade.sample_inputs(self.config, jax.random.key(0), host_batch))
 
 
 def _copy(tree):
@@ -119,15 +104,15 @@ def test_two_jitted_steps_give_finite_losses_and_move_every_collection(programs,
   np.testing.assert_allclose(float(metrics1["d/loss"]), float(metrics1["d/fake"]) + float(metrics1["d/real"]),
                              rtol=1e-5)
   after = _copy(state)
-  for field in ("g_params", "d_params", "batch_stats", "spectral_stats"):
+  for field in (("params", "g"), ("params", "d"), ("collections", "g"), ("collections", "d")):
+    old_tree, new_tree = (getattr(s, field[0])[field[1]] for s in (before, after))
     changed = {jax.tree_util.keystr(path): not np.array_equal(old, new) for (path, old), new in zip(
-        jax.tree_util.tree_leaves_with_path(getattr(before, field)), jax.tree.leaves(getattr(after, field)),
-        strict=True)}
+        jax.tree_util.tree_leaves_with_path(old_tree), jax.tree.leaves(new_tree), strict=True)}
     # Every weight moves but two kinds that get no gradient, by the architecture: a bias followed by the
     # param-free batch norm, and at crop 32 head_0's gammas: head_0 runs at 1x1 on the label map's top-left
     # pixel, background in every face, so its batch-normalised input is 0 and gamma multiplies 0.
-    frozen = [name for name, moved in changed.items() if not moved
-              and "bias" not in name and not name.startswith("['head_0']") and "mlp_gamma" not in name]
+    frozen = [name for name, moved in changed.items() if not moved and "bias" not in name
+              and not name.startswith(("['head_0']", "['batch_stats']['head_0']")) and "mlp_gamma" not in name]
     assert not frozen, (field, frozen)
     assert any(changed.values()), field
 
@@ -135,20 +120,20 @@ def test_two_jitted_steps_give_finite_losses_and_move_every_collection(programs,
 def test_parameter_counts_match_the_original():
   # torch: sum(p.numel() for p in net.parameters()) for FaceIt's netG and netD (label_nc 19, no instance map).
   config = spade_config.get_config()
-  state = jax.eval_shape(functools.partial(spade.init_state, config), jax.random.key(0))
-  assert common.count_params(state.g_params) == 92_538_819
-  assert common.count_params(state.d_params) == 5_566_594
+  state = jax.eval_shape(functools.partial(families.init_state, config), jax.random.key(0))
+  assert common.count_params(state.params["g"]) == 92_538_819
+  assert common.count_params(state.params["d"]) == 5_566_594
 
 
 def test_switched_off_loss_is_not_in_the_total(programs, first_batch):
   """With loss_weights.feat = 0, g/loss is exactly the weighted GAN term (VGG is 0 in tiny; no VAE)."""
   config = _config(**{"loss_weights.feat": 0.0, "loss_weights.gan": 2.0})
   state = programs.init(programs.init_key)
-  stats = {"batch": state.batch_stats, "spectral": state.spectral_stats}
+  stats = spade._stats(state.collections)
   batch = jax.tree.map(jnp.asarray, first_batch)
   segmap = jax.nn.one_hot(batch["label"], config.model.label_nc)
   loss, (_, metrics) = jax.jit(functools.partial(spade._generator_loss, config))(
-      state.g_params, state.d_params, stats, segmap, batch["image"], None)
+      state.params["g"], state.params["d"], stats, segmap, batch["image"], None)
   assert set(metrics) == {"g/gan"}
   assert float(loss) == pytest.approx(2.0 * float(metrics["g/gan"]), rel=1e-6)
 
@@ -182,10 +167,10 @@ def test_epochs_become_steps_and_follow_overrides():
   config = spade_config.get_config()
   assert (config.batch_size, config.niter, config.niter_decay) == (32, 100, 0)  # The seed's command.
   assert config.num_train_steps == 100 * (20_000 // 32)
-  assert (config.g_opt.lr, config.d_opt.lr, config.g_opt.b1, config.g_opt.b2) == (1e-4, 4e-4, 0.0, 0.9)
+  assert (config.optim.g.lr, config.optim.d.lr, config.optim.g.b1, config.optim.g.b2) == (1e-4, 4e-4, 0.0, 0.9)
   config.niter_decay = 100
-  assert config.num_train_steps == 200 * 625 and config.g_opt.decay_start_step == 100 * 625
-  schedule = optim.learning_rate_schedule(config.d_opt, config.num_train_steps)
+  assert config.num_train_steps == 200 * 625 and config.optim.g.decay_start_step == 100 * 625
+  schedule = optim.learning_rate_schedule(config.optim.d, config.num_train_steps)
   assert float(schedule(100 * 625)) == pytest.approx(4e-4)
   assert float(schedule(150 * 625)) == pytest.approx(2e-4)
   assert float(schedule(200 * 625)) == pytest.approx(0.0)
@@ -201,11 +186,11 @@ def test_vgg_term_runs_in_the_step(tmp_path, first_batch):
                     for layer, shapes in vgg.expected_shapes().items() for kind, shape in shapes.items()})
   config = tiny_config("spade", **{"loss_weights.vgg": 10.0, "vgg_weights": str(path)})
   spade.validate(config)
-  state = jax.jit(functools.partial(spade.init_state, config))(jax.random.key(0))
+  state = jax.jit(functools.partial(families.init_state, config))(jax.random.key(0))
   batch = jax.tree.map(jnp.asarray, first_batch)
-  stats = {"batch": state.batch_stats, "spectral": state.spectral_stats}
+  stats = spade._stats(state.collections)
   fake, _, _, _ = jax.jit(functools.partial(spade._generate, config))(
-      state.g_params, stats, spade._one_hot(config, batch["label"]), batch["image"], None)
+      state.params["g"], stats, spade._one_hot(config, batch["label"]), batch["image"], None)
   expected = vgg.perceptual_loss(spade._vgg_params(str(path)), fake, batch["image"])
   _, metrics = jax.jit(functools.partial(spade.train_step, config))(state, batch, jax.random.key(1))
   assert set(metrics) == _METRICS | {"g/vgg"}
@@ -228,8 +213,8 @@ def test_vae_step_runs_and_style_images_steer_generation(first_batch, tmp_path):
   generates, and the style image (through the encoder) changes the output while the seed fixes it."""
   config = tiny_config("spade", **{"model.use_vae": True})
   spade.validate(config)
-  state = jax.jit(functools.partial(spade.init_state, config))(jax.random.key(0))
-  before = _copy(state.g_params["encoder"])
+  state = jax.jit(functools.partial(families.init_state, config))(jax.random.key(0))
+  before = _copy(state.params["g"]["encoder"])
   step = jax.jit(functools.partial(spade.train_step, config))
   batch = jax.tree.map(jnp.asarray, first_batch)
   for i in range(2):
@@ -237,7 +222,7 @@ def test_vae_step_runs_and_style_images_steer_generation(first_batch, tmp_path):
   assert set(metrics) == _METRICS | {"g/kld"}
   assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
   assert float(metrics["g/kld"]) > 0
-  after = _copy(state.g_params["encoder"])
+  after = _copy(state.params["g"]["encoder"])
   moved = {jax.tree_util.keystr(path): not np.array_equal(old, new) for (path, old), new in zip(
       jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after))}
   assert all(moved.values()), moved
@@ -268,7 +253,7 @@ def test_label_palette_has_distinct_colours():
 
 def test_samples_show_label_generated_real(programs, first_batch):
   state = programs.init(programs.init_key)
-  before = _copy(state.batch_stats)
+  before = _copy(state.collections)
   outputs = programs.sample(state, programs.sample_inputs(first_batch))
   assert list(outputs) == ["label", "generated", "real"]
   for image in outputs.values():
@@ -277,7 +262,7 @@ def test_samples_show_label_generated_real(programs, first_batch):
   expected = spade.label_palette(19)[first_batch["label"]] / 127.5 - 1.0
   np.testing.assert_allclose(outputs["label"], expected, atol=1e-6)
   np.testing.assert_array_equal(outputs["real"], first_batch["image"])
-  jax.tree.map(np.testing.assert_array_equal, before, _copy(state.batch_stats))  # Samples leave stats alone.
+  jax.tree.map(np.testing.assert_array_equal, before, _copy(state.collections))  # Samples leave stats alone.
   grid = images_lib.make_grid(np.concatenate([np.asarray(x) for x in outputs.values()], axis=2))
   assert grid.shape == (2 * 34 + 2, 2 * (3 * 32 + 2) + 2, 3)
 
@@ -331,7 +316,7 @@ def test_generate_writes_eval_mode_images_for_label_maps(run, first_batch, tmp_p
     np.testing.assert_allclose(raw, expected[i], atol=1e-5)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), images_lib.to_uint8(raw))
   # Eval mode uses the running statistics: the trained generator's colours still follow the labels.
-  init_state = jax.jit(functools.partial(spade.init_state, config))(jax.random.key(0))
+  init_state = jax.jit(functools.partial(families.init_state, config))(jax.random.key(0))
   init_fake = generate_fn(init_state, {"label": jnp.asarray(labels)}, jax.random.key(0))["generated"]
   before = _class_colour_error(labels, init_fake, first_batch["image"])
   after = _class_colour_error(labels, expected, first_batch["image"])

@@ -16,6 +16,7 @@ import pytest
 
 from facegen_jax import errors
 from facegen_jax import families
+from facegen_jax import state as state_lib
 from facegen_jax import train
 from facegen_jax.families import common
 from facegen_jax.families import dcgan
@@ -68,18 +69,18 @@ class _Crash(Exception):
   pass
 
 
-_TO_GLOBAL = train._host_batch_to_global
+_TO_GLOBAL = train.Programs.global_batch
 
 
 def _recording_batches(monkeypatch, record, crash_at=None):
   original = _TO_GLOBAL
 
-  def wrapped(batch, sharding):
+  def wrapped(programs, batch):
     if crash_at is not None and len(record) + 1 == crash_at:
       raise _Crash()
     record.append(np.asarray(batch["image"]).tobytes().__hash__())
-    return original(batch, sharding)
-  monkeypatch.setattr(train, "_host_batch_to_global", wrapped)
+    return original(programs, batch)
+  monkeypatch.setattr(train.Programs, "global_batch", wrapped)
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
@@ -104,23 +105,23 @@ def test_ema_generator_is_the_moving_average_of_g(tmp_path):
   config = tiny_config("dcgan", ema_decay=0.75)
   key = jax.random.key(0)
   state = families.init_state(config, key)
-  _assert_trees_equal(state.ema_params, state.g_params)
-  assert families.init_state(tiny_config("dcgan"), key).ema_params is None
-  assert jax.eval_shape(lambda k: families.init_state(tiny_config("spade", ema_decay=0.5), k), key).ema_params
+  _assert_trees_equal(state.ema.get("g"), state.params["g"])
+  assert families.init_state(tiny_config("dcgan"), key).ema.get("g") is None
+  assert jax.eval_shape(lambda k: families.init_state(tiny_config("spade", ema_decay=0.5), k), key).ema.get("g")
   step = jax.jit(train._guarded_step(families.get_family("dcgan"), config, key))
   batch = {"image": jax.random.uniform(jax.random.key(1), (8, 32, 32, 3), minval=-1, maxval=1)}
-  expected = state.g_params
+  expected = state.params["g"]
   for _ in range(3):
     state, _ = step(state, batch)
-    expected = jax.tree.map(lambda e, g: 0.75 * e + 0.25 * g, expected, state.g_params)
-    _assert_trees_equal(state.ema_params, expected, rtol=1e-6, atol=1e-7)
-  assert not np.allclose(jax.tree.leaves(state.ema_params)[0], jax.tree.leaves(state.g_params)[0])
-  # Samples, evaluation and `generate` all take G from common.inference_state.
-  assert common.inference_state(state).g_params is state.ema_params
+    expected = jax.tree.map(lambda e, g: 0.75 * e + 0.25 * g, expected, state.params["g"])
+    _assert_trees_equal(state.ema.get("g"), expected, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(jax.tree.leaves(state.ema.get("g"))[0], jax.tree.leaves(state.params["g"])[0])
+  # Samples, evaluation and `generate` all take G from state.inference_state.
+  assert state_lib.inference_state(state).params["g"] is state.ema.get("g")
   # A run saved without EMA resumes with it, the average starting from G.
   train.train_and_evaluate(tiny_config("dcgan", num_train_steps=2), str(tmp_path))
   resumed = train.train_and_evaluate(tiny_config("dcgan", num_train_steps=4, ema_decay=0.75), str(tmp_path))
-  assert resumed.ema_params is not None and int(resumed.step) == 4
+  assert resumed.ema.get("g") is not None and int(resumed.step) == 4
 
 
 def _final_params(workdir: pathlib.Path):
@@ -207,8 +208,8 @@ np.savez(sys.argv[2], **{jax.tree_util.keystr(path): np.asarray(x) for path, x i
 # update is lr * sign(gradient), so a gradient that is 0 in exact arithmetic (a bias before a batch norm) moves
 # by +-lr on rounding alone. At crop 64 and with a large eps (updates proportional to the gradient) the
 # comparison sees the computation, i.e. that the batch norm statistics are the global batch's.
-_SPADE_WELL_CONDITIONED = {"model.crop_size": 64, "input.resolution": 64, "g_opt.eps": 1.0, "d_opt.eps": 1.0,
-                           "g_opt.lr": 1e-2, "d_opt.lr": 1e-2}
+_SPADE_WELL_CONDITIONED = {"model.crop_size": 64, "input.resolution": 64, "optim.g.eps": 1.0, "optim.d.eps": 1.0,
+                           "optim.g.lr": 1e-2, "optim.d.lr": 1e-2}
 
 
 def _assert_close_elementwise(a, b, name):
@@ -249,7 +250,7 @@ def _nan_at_step_3(config, state, batch, rng):
 @pytest.fixture
 def nan_family(monkeypatch):
   module = type(dcgan)("nan_dcgan")
-  for name in ("validate", "init_state", "sample_inputs", "sample"):
+  for name in ("CONTRACT", "validate", "init", "sample_inputs", "sample"):
     setattr(module, name, getattr(dcgan, name))
   module.train_step = _nan_at_step_3
   monkeypatch.setitem(families.FAMILIES, "nan_dcgan", module)
@@ -266,8 +267,8 @@ def test_nonfinite_skip_keeps_the_previous_state(tmp_path, nan_family):
   skipped = train.train_and_evaluate(config, str(tmp_path / "skip"))
   reference = train.train_and_evaluate(tiny_config("dcgan", num_train_steps=2), str(tmp_path / "two"))
   assert int(skipped.step) == 3
-  _assert_trees_equal(skipped.g_params, reference.g_params)
-  _assert_trees_equal(skipped.d_params, reference.d_params)
+  _assert_trees_equal(skipped.params["g"], reference.params["g"])
+  _assert_trees_equal(skipped.params["d"], reference.params["d"])
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -275,7 +276,7 @@ def test_nonfinite_skip_keeps_the_previous_state(tmp_path, nan_family):
     ({"batch_size": 0}, "config.batch_size=0 must be a positive multiple"),
     ({"num_train_steps": -5}, "config.num_train_steps must be a positive integer"),
     ({"nonfinite": "ignore"}, "config.nonfinite='ignore'"),
-    ({"g_opt.lr": -1.0}, "config.g_opt.lr must be > 0"),
+    ({"optim.g.lr": -1.0}, "config.optim.g.lr must be > 0"),
     ({"gan_loss": "wgan"}, "set --config.gan_loss to one of"),
     ({"ema_decay": 1.0}, r"config.ema_decay=1.0 must be in \[0, 1\)"),
     ({"profile.num_steps": -1}, "config.profile.num_steps must be an integer >= 0"),

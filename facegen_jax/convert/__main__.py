@@ -31,12 +31,7 @@ def main(argv=None) -> int:
     summary = module.__doc__.splitlines()[0]
     module.add_arguments(commands.add_parser(name, help=summary, description=summary))
   args = parser.parse_args(argv)
-  try:
-    SUBCOMMANDS[args.command].run(args)
-  except errors.UserError as e:
-    print(f"facegen_jax.convert: error: {e}", file=sys.stderr, flush=True)
-    return 2
-  return 0
+  return errors.run_command("facegen_jax.convert", lambda: SUBCOMMANDS[args.command].run(args))
 
 
 if __name__ == "__main__":

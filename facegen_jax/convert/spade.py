@@ -35,6 +35,7 @@ import numpy as np
 
 from configs import spade as spade_configs
 from facegen_jax import compile as compile_lib
+from facegen_jax import families
 from facegen_jax import rundir
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import UserError
@@ -277,21 +278,26 @@ def convert_variables(state_dict, expected: dict, abstract: dict) -> dict:
   return {collection: out.get(collection, {}) for collection in abstract}
 
 
+def _without_encoder(tree) -> dict:
+  return {k: v for k, v in tree.items() if k != "encoder"}
+
+
 def _generator_variables(state) -> dict:
-  params = {k: v for k, v in state.g_params.items() if k != "encoder"}
-  return {"params": params, "batch_stats": state.batch_stats["g"], sn_lib.SPECTRAL_STATS: state.spectral_stats["g"]}
+  g = state.collections["g"]
+  return {"params": _without_encoder(state.params["g"]), "batch_stats": g["batch_stats"],
+          sn_lib.SPECTRAL_STATS: _without_encoder(g[sn_lib.SPECTRAL_STATS])}
 
 
 def _encoder_variables(state) -> dict:
-  return {"params": state.g_params["encoder"], sn_lib.SPECTRAL_STATS: state.spectral_stats["e"]}
+  return {"params": state.params["g"]["encoder"],
+          sn_lib.SPECTRAL_STATS: state.collections["g"][sn_lib.SPECTRAL_STATS].get("encoder", {})}
 
 
 def _fresh_state(init, seed: int):
-  """init_state without G's values (replaced anyway; XLA drops their sampling): D, optimizers, the encoder."""
+  """init_state for D, the optimizers and the encoder; G's values are replaced (XLA drops their sampling)."""
   def fresh(key):
     state = init(key)
-    return state.replace(g_params={k: v for k, v in state.g_params.items() if k == "encoder"}, batch_stats={},
-                         spectral_stats={k: v for k, v in state.spectral_stats.items() if k != "g"})
+    return state.replace(params={**state.params, "g": {k: v for k, v in state.params["g"].items() if k == "encoder"}})
   return compile_lib.jit(fresh, run_once=True)(jax.random.key(seed))
 
 
@@ -318,7 +324,7 @@ def convert(checkpoint, out, *, encoder=None, crop_size: int = 128, aspect_ratio
                       f"ngf {model['ngf']}, z_dim {model['z_dim']}: pass the encoder of the same run")
     model["e_spectral_norm"] = e_model["e_spectral_norm"]
   config = build_config(model, ndf=ndf)
-  init = functools.partial(spade.init_state, config)
+  init = functools.partial(families.init_state, config)
   abstract = jax.eval_shape(init, jax.random.key(0))
   parts = [(g_dict, checkpoint, _generator_variables, _G_SEQUENTIAL, _G_HINT)]
   if e_dict is not None:
@@ -328,15 +334,15 @@ def convert(checkpoint, out, *, encoder=None, crop_size: int = 128, aspect_ratio
   state = _fresh_state(init, config.seed)
   g = convert_variables(g_dict, expected_keys(_generator_variables(abstract), _G_SEQUENTIAL),
                         _generator_variables(abstract))
-  g_params = dict(g["params"])
-  spectral_stats = dict(state.spectral_stats, g=g[sn_lib.SPECTRAL_STATS])
+  g_params, g_spectral = dict(g["params"]), dict(g[sn_lib.SPECTRAL_STATS])
   if e_dict is not None:
     e = convert_variables(e_dict, expected_keys(_encoder_variables(abstract), _E_SEQUENTIAL),
                           _encoder_variables(abstract))
-    g_params["encoder"] = e["params"]
-    spectral_stats["e"] = e[sn_lib.SPECTRAL_STATS]
-  elif "encoder" in state.g_params:
-    g_params["encoder"] = state.g_params["encoder"]  # use_vae without --encoder: a fresh one (z ~ N(0, 1)).
-  state = state.replace(g_params=g_params, batch_stats={"g": g["batch_stats"]}, spectral_stats=spectral_stats)
+    g_params["encoder"], g_spectral["encoder"] = e["params"], e[sn_lib.SPECTRAL_STATS]
+  elif "encoder" in state.params["g"]:  # use_vae without --encoder: a fresh one (z ~ N(0, 1)).
+    g_params["encoder"] = state.params["g"]["encoder"]
+    g_spectral["encoder"] = state.collections["g"][sn_lib.SPECTRAL_STATS]["encoder"]
+  state = state.replace(params={**state.params, "g": g_params}, collections={
+      **state.collections, "g": {"batch_stats": g["batch_stats"], sn_lib.SPECTRAL_STATS: g_spectral}})
   rundir.save_state(out, config, state)
   return config

@@ -1,28 +1,73 @@
-"""The registry of model families: an explicit dict, one module per family.
+"""The registry of model families (an explicit dict, one module per family) and the contract each one keeps.
 
 A family module provides:
+
+  CONTRACT: Contract      what the loop, the evaluator and the inference commands may rely on:
+    optimizer_groups        the parameter groups it trains, each with an optimizer from config.optim.<group>
+                            ({"g", "d"}; {"vae"}; {"encoder", "decoder"}); params may hold further groups that no
+                            optimizer touches (a frozen identity network, a frozen first stage)
+    ema_groups              the groups whose moving average config.ema_decay keeps (used for inference)
+    task                    "sample" (`generate`), "translate" (`translate`), "inpaint" (`inpaint`) or
+                            "complete" (panel sequences); which inference command serves it
+    eval_outputs            {output name: EvalOutput(inputs=batch fields it is generated from, reference=the
+                            field of real images it is compared with)}; FID/KID are computed per output
+
   validate(config)                          raise errors.ConfigError for values it cannot train with
-  init_state(config, rng) -> state          pure; a flax.struct dataclass with a `step` field
-  train_step(config, state, batch, rng)     pure; -> (state, metrics dict of scalars, "g/..", "d/..")
-  sample_inputs(config, rng, batch) -> dict fixed inputs for the sample grids, drawn once
-  sample(config, state, inputs) -> dict     name -> images in [-1, 1], (B, H, W, 3); shown side by side
-  generate(config, state, inputs, rng)      inference (eval mode) for `python -m facegen_jax.generate`;
-                                            -> {"generated": images in [-1, 1]}
-  EVAL_DATA_KEYS                            fields of the reference records evaluation generates from
-                                            (("label",) for SPADE, () for unconditional models)
-  eval_inputs(config, rng, size, data)      `generate`'s inputs for `size` images of an FID/KID evaluation;
-                                            data holds the EVAL_DATA_KEYS of the batch's reference records
+  init(config, rng) -> dict                 pure; {"params": {group: ...}, "collections": {group: ...}} and
+                                            optionally "extra": {name: array}; `init_state` adds optimizers, EMA
+  train_step(config, state, batch, rng)     pure; -> (state, metrics dict of scalars "g/..", "d/..", ...)
+  sample_inputs(config, rng, batch) -> dict fixed inputs for the sample grids, drawn once from a batch
+  sample(config, state, inputs) -> dict     name -> images in [-1, 1], (B, H, W, 3), shown side by side
+  eval_inputs(config, rng, size, data)      `generate`'s inputs from `data`: the eval output's input fields for
+                                            `size` records (from files in the inference commands)
+  generate(config, state, inputs, rng)      inference (eval mode) -> {output name: images in [-1, 1]}
+  networks(config) -> dict                  {name: (flax module, example inputs)} for `main --describe`
+
+Every entry is checked by tests/test_families.py with its tiny preset: two jitted steps, step == 2, finite
+metrics, every trained group's parameters move and every frozen one does not, sample and generate shapes, and a
+run-directory round trip.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import types
+from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from facegen_jax import errors
-from facegen_jax.families import dcgan
-from facegen_jax.families import spade
+from facegen_jax import optim
+from facegen_jax import state as state_lib
+
+TASKS = ("sample", "translate", "inpaint", "complete")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOutput:
+  """An output evaluation scores: generated from the records' `inputs` fields, compared with `reference`."""
+  inputs: tuple[str, ...] = ()
+  reference: str = "image"
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract:
+  optimizer_groups: tuple[str, ...]
+  ema_groups: tuple[str, ...]
+  task: str
+  eval_outputs: Mapping[str, EvalOutput]
+
+  def __post_init__(self):
+    if self.task not in TASKS:
+      raise ValueError(f"task {self.task!r} is not one of {TASKS}")
+    if not set(self.ema_groups) <= set(self.optimizer_groups):
+      raise ValueError(f"ema_groups {self.ema_groups} must be optimizer groups {self.optimizer_groups}")
+
+
+# Imported after the contract's types, which the family modules use.
+from facegen_jax.families import dcgan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import spade  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FAMILIES: dict[str, types.ModuleType] = {
     "dcgan": dcgan,
@@ -37,12 +82,16 @@ def get_family(name: str) -> types.ModuleType:
   return FAMILIES[name]
 
 
-def init_state(config: ml_collections.ConfigDict, rng: jax.Array):
-  """The family's initial state, with the EMA generator (a copy of G's parameters) when config.ema_decay > 0.
-
-  Training, restoring and converting all build states through this, so a checkpoint's structure is one thing.
-  """
-  state = get_family(config.family).init_state(config, rng)
-  if config.get("ema_decay", 0.0):
-    state = state.replace(ema_params=jax.tree.map(jnp.copy, state.g_params))
-  return state
+def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> state_lib.TrainState:
+  """The family's step-0 state: its variables, an optimizer state per optimizer group, the EMA of its EMA groups
+  when config.ema_decay > 0. Training, restoring and converting all build states through this, so a checkpoint's
+  structure is one thing."""
+  family = get_family(config.family)
+  contract = family.CONTRACT
+  variables = family.init(config, rng)
+  params = variables["params"]
+  for group in contract.optimizer_groups:
+    optim.check_frozen(config, group, params[group])
+  return state_lib.create(
+      params, variables.get("collections", {}), optim.create_all(config, contract.optimizer_groups),
+      ema_groups=contract.ema_groups if config.get("ema_decay", 0.0) else (), extra=variables.get("extra"))

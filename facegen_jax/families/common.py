@@ -1,26 +1,12 @@
-"""What the GAN families share: the train state and small helpers for their steps."""
+"""What the families share: small helpers for their steps (the train state is `facegen_jax.state`)."""
 
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 PyTree = Any
-
-
-@flax.struct.dataclass
-class GANState:
-  """A generator/discriminator pair with their optimizers; `batch_stats` holds {"g": ..., "d": ...}."""
-  step: jax.Array
-  g_params: PyTree
-  d_params: PyTree
-  g_opt_state: optax.OptState
-  d_opt_state: optax.OptState
-  batch_stats: PyTree
-  ema_params: PyTree = None  # The moving average of g_params when config.ema_decay > 0 (set by the loop).
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -55,12 +41,6 @@ def shard_over_batch(x: jax.Array) -> jax.Array:
   if mesh.empty or "data" not in mesh.axis_names:
     return x
   return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec("data"))
-
-
-def inference_state(state):
-  """The state with its EMA generator as g_params, where it keeps one: what generation and evaluation use."""
-  ema = getattr(state, "ema_params", None)
-  return state if ema is None else state.replace(g_params=ema)
 
 
 def step_rngs(rng: jax.Array, *names: str) -> dict[str, jax.Array]:

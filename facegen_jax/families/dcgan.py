@@ -16,11 +16,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from facegen_jax import errors
+from facegen_jax import families
 from facegen_jax import losses
 from facegen_jax import optim
+from facegen_jax import state as state_lib
 from facegen_jax.families import common
 from facegen_jax.nets import conv as conv_lib
 
@@ -90,33 +91,48 @@ def _models(config):
           Discriminator(config.model.ndf))
 
 
-def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> common.GANState:
+CONTRACT = families.Contract(
+    optimizer_groups=("g", "d"), ema_groups=("g",), task="sample",
+    eval_outputs={"generated": families.EvalOutput(inputs=(), reference="image")})
+
+
+def init(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   generator, discriminator = _models(config)
   g_rng, d_rng = jax.random.split(rng)
   size = config.model.image_size
   g_vars = generator.init(g_rng, jnp.zeros((1, config.model.nz)))
   d_vars = discriminator.init(d_rng, jnp.zeros((1, size, size, config.model.channels)))
-  g_tx = optim.create_optimizer(config.g_opt, config.num_train_steps, name="g_opt")
-  d_tx = optim.create_optimizer(config.d_opt, config.num_train_steps, name="d_opt")
-  return common.GANState(
-      step=jnp.zeros((), jnp.int32),
-      g_params=g_vars["params"], d_params=d_vars["params"],
-      g_opt_state=g_tx.init(g_vars["params"]), d_opt_state=d_tx.init(d_vars["params"]),
-      batch_stats={"g": g_vars["batch_stats"], "d": d_vars["batch_stats"]})
+  return {"params": {"g": g_vars["params"], "d": d_vars["params"]},
+          "collections": {"g": {"batch_stats": g_vars["batch_stats"]}, "d": {"batch_stats": d_vars["batch_stats"]}}}
 
 
-def train_step(config: ml_collections.ConfigDict, state: common.GANState, batch: dict,
-               rng: jax.Array) -> tuple[common.GANState, dict]:
+def collections_to_legacy(collections) -> dict:
+  """Run directories saved before the one train state kept a "batch_stats" field {"g": ..., "d": ...}."""
+  return {"batch_stats": {group: c["batch_stats"] for group, c in collections.items()}}
+
+
+def collections_from_legacy(fields) -> dict:
+  return {group: {"batch_stats": stats} for group, stats in fields["batch_stats"].items()}
+
+
+def networks(config: ml_collections.ConfigDict) -> dict:
   generator, discriminator = _models(config)
-  g_tx = optim.create_optimizer(config.g_opt, config.num_train_steps, name="g_opt")
-  d_tx = optim.create_optimizer(config.d_opt, config.num_train_steps, name="d_opt")
+  size = config.model.image_size
+  return {"generator": (generator, (jnp.zeros((1, config.model.nz)),)),
+          "discriminator": (discriminator, (jnp.zeros((1, size, size, config.model.channels)),))}
+
+
+def train_step(config: ml_collections.ConfigDict, state: state_lib.TrainState, batch: dict,
+               rng: jax.Array) -> tuple[state_lib.TrainState, dict]:
+  generator, discriminator = _models(config)
+  txs = optim.create_all(config, CONTRACT.optimizer_groups)
   real = batch["image"]
   z = common.shard_over_batch(jax.random.normal(common.step_rngs(rng, "z")["z"], (real.shape[0], config.model.nz)))
 
   to_compute = functools.partial(common.to_compute, config)  # Identity unless config.compute_dtype="bfloat16".
 
   def g_forward(g_params):
-    fake, upd = generator.apply({"params": to_compute(g_params), "batch_stats": state.batch_stats["g"]},
+    fake, upd = generator.apply({"params": to_compute(g_params), **state.collections["g"]},
                                 to_compute(z), mutable=["batch_stats"])
     return common.to_float32(fake), upd["batch_stats"]
 
@@ -127,19 +143,19 @@ def train_step(config: ml_collections.ConfigDict, state: common.GANState, batch:
 
   # One G forward serves both updates, as in the PyTorch loop: D sees it detached, G's gradient is pulled back
   # through it after the D update.
-  fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
+  fake, g_vjp, g_stats = jax.vjp(g_forward, state.params["g"], has_aux=True)
 
   def d_loss_fn(d_params):
-    d_stats = state.batch_stats["d"]
+    d_stats = state.collections["d"]["batch_stats"]
     real_logits, upd = d_forward(d_params, d_stats, real)
     fake_logits, upd = d_forward(d_params, upd["batch_stats"], fake)
     loss = losses.discriminator_loss(config.gan_loss, real_logits=real_logits, fake_logits=fake_logits)
     return loss, (upd["batch_stats"], real_logits, fake_logits)
 
   (d_loss, (d_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-      state.d_params)
-  d_step, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_step)
+      state.params["d"])
+  state = state.update("d", txs["d"], d_grads)
+  d_params = state.params["d"]
 
   def g_adversarial_loss(fake):
     logits, d_upd = d_forward(d_params, d_stats, fake)
@@ -148,12 +164,10 @@ def train_step(config: ml_collections.ConfigDict, state: common.GANState, batch:
 
   (g_loss, (d_stats, g_logits)), fake_grad = jax.value_and_grad(g_adversarial_loss, has_aux=True)(fake)
   (g_grads,) = g_vjp(fake_grad)
-  g_step, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = optax.apply_updates(state.g_params, g_step)
+  state = state.update("g", txs["g"], g_grads)
 
-  new_state = state.replace(
-      step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
-      d_opt_state=d_opt_state, batch_stats={"g": g_stats, "d": d_stats})
+  new_state = state.replace(step=state.step + 1, collections={"g": {"batch_stats": g_stats},
+                                                              "d": {"batch_stats": d_stats}})
   metrics = {
       "d/loss": d_loss, "g/loss": g_loss,
       "d/real_prob": jax.nn.sigmoid(real_logits).mean(),
@@ -169,15 +183,12 @@ def sample_inputs(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict
   return {"z": jax.random.normal(rng, (config.num_sample_images, config.model.nz))}
 
 
-def sample(config: ml_collections.ConfigDict, state: common.GANState, inputs: dict) -> dict:
+def sample(config: ml_collections.ConfigDict, state: state_lib.TrainState, inputs: dict) -> dict:
   """Generated images in [-1, 1]; BatchNorm uses the batch's statistics, as the original's samples do."""
   generator, _ = _models(config)
-  fake, _ = generator.apply({"params": state.g_params, "batch_stats": state.batch_stats["g"]}, inputs["z"],
+  fake, _ = generator.apply({"params": state.params["g"], **state.collections["g"]}, inputs["z"],
                             mutable=["batch_stats"])
   return {"generated": fake}
-
-
-EVAL_DATA_KEYS = ()  # Unconditional: evaluation needs no data besides the reference images.
 
 
 def eval_inputs(config: ml_collections.ConfigDict, rng: jax.Array, size: int, data: dict) -> dict:
@@ -186,9 +197,10 @@ def eval_inputs(config: ml_collections.ConfigDict, rng: jax.Array, size: int, da
   return {"z": jax.random.normal(rng, (size, config.model.nz))}
 
 
-def generate(config: ml_collections.ConfigDict, state: common.GANState, inputs: dict, rng: jax.Array) -> dict:
+def generate(config: ml_collections.ConfigDict, state: state_lib.TrainState, inputs: dict,
+             rng: jax.Array) -> dict:
   """G in eval mode (BatchNorm with its running statistics) on inputs["z"] (B, nz)."""
   del rng
   generator, _ = _models(config)
-  return {"generated": generator.apply({"params": state.g_params, "batch_stats": state.batch_stats["g"]},
-                                       inputs["z"], train=False)}
+  return {"generated": generator.apply({"params": state.params["g"], **state.collections["g"]}, inputs["z"],
+                                       train=False)}

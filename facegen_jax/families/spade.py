@@ -30,16 +30,16 @@ import functools
 
 from absl import logging
 from etils import epath
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from facegen_jax import errors
+from facegen_jax import families
 from facegen_jax import losses
 from facegen_jax import optim
+from facegen_jax import state as state_lib
 from facegen_jax.families import common
 from facegen_jax.nets import spade as spade_nets
 from facegen_jax.nets import spectral_norm as sn_lib
@@ -54,21 +54,9 @@ _VGG_HOWTO = ("get VGG19 weights and convert them with `python -m facegen_jax.co
 _NEUTRAL_LOGITS = {"hinge": (1.0, -1.0), "lsgan": (1.0, 0.0), "bce": (50.0, -50.0)}
 
 
-@flax.struct.dataclass
-class SPADEState:
-  """G (plus the encoder under g_params["encoder"] with use_vae) and D with their optimizers.
-
-  `batch_stats` holds {"g": G's sync-BN running statistics}; `spectral_stats` holds the power iteration's u and
-  v: {"g": ..., "d": ...} and "e" with use_vae.
-  """
-  step: jax.Array
-  g_params: common.PyTree
-  d_params: common.PyTree
-  g_opt_state: optax.OptState
-  d_opt_state: optax.OptState
-  batch_stats: common.PyTree
-  spectral_stats: common.PyTree
-  ema_params: common.PyTree = None  # The moving average of g_params when config.ema_decay > 0.
+CONTRACT = families.Contract(
+    optimizer_groups=("g", "d"), ema_groups=("g",), task="sample",
+    eval_outputs={"generated": families.EvalOutput(inputs=("label",), reference="image")})
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -138,31 +126,65 @@ def _models(config):
   return generator, discriminator, encoder
 
 
-def _optimizers(config):
-  return (optim.create_optimizer(config.g_opt, config.num_train_steps, name="g_opt"),
-          optim.create_optimizer(config.d_opt, config.num_train_steps, name="d_opt"))
-
-
-def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> SPADEState:
+def init(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
+  """params {"g": G (+ "encoder" with use_vae), "d": D}; collections {"g": G's sync-BN running statistics and
+  spectral u/v (the encoder's under "encoder"), "d": D's spectral u/v}."""
   generator, discriminator, encoder = _models(config)
   g_rng, d_rng, e_rng = jax.random.split(rng, 3)
-  size = config.model.crop_size
-  segmap = jnp.zeros((1, size, size, config.model.label_nc))
-  image = jnp.zeros((1, size, size, 3))
-  z = jnp.zeros((1, config.model.z_dim)) if config.model.use_vae else None
+  segmap, image, z = _example_inputs(config)
   g_vars = generator.init(g_rng, segmap, z, train=False)
   d_vars = discriminator.init(d_rng, segmap, image, train=False)
   g_params = dict(g_vars["params"])
-  spectral_stats = {"g": g_vars.get(sn_lib.SPECTRAL_STATS, {}), "d": d_vars.get(sn_lib.SPECTRAL_STATS, {})}
+  spectral = {"g": g_vars.get(sn_lib.SPECTRAL_STATS, {}), "d": d_vars.get(sn_lib.SPECTRAL_STATS, {})}
   if config.model.use_vae:
     e_vars = encoder.init(e_rng, image, train=False)
     g_params["encoder"] = e_vars["params"]
-    spectral_stats["e"] = e_vars.get(sn_lib.SPECTRAL_STATS, {})
-  g_tx, d_tx = _optimizers(config)
-  return SPADEState(
-      step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_vars["params"],
-      g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_vars["params"]),
-      batch_stats={"g": g_vars.get("batch_stats", {})}, spectral_stats=spectral_stats)
+    spectral["e"] = e_vars.get(sn_lib.SPECTRAL_STATS, {})
+  stats = {"batch": {"g": g_vars.get("batch_stats", {})}, "spectral": spectral}
+  return {"params": {"g": g_params, "d": d_vars["params"]}, "collections": _collections(stats)}
+
+
+def _example_inputs(config):
+  size = config.model.crop_size
+  z = jnp.zeros((1, config.model.z_dim)) if config.model.use_vae else None
+  return jnp.zeros((1, size, size, config.model.label_nc)), jnp.zeros((1, size, size, 3)), z
+
+
+def networks(config: ml_collections.ConfigDict) -> dict:
+  generator, discriminator, encoder = _models(config)
+  segmap, image, z = _example_inputs(config)
+  nets = {"generator": (generator, (segmap, z)), "discriminator": (discriminator, (segmap, image))}
+  if config.model.use_vae:
+    nets["encoder"] = (encoder, (image,))
+  return nets
+
+
+def _stats(collections) -> dict:
+  """The step's view of the collections: {"batch": {"g": ...}, "spectral": {"g": ..., "d": ...[, "e": ...]}}."""
+  g_spectral = dict(collections["g"].get(sn_lib.SPECTRAL_STATS, {}))
+  spectral = {"g": g_spectral, "d": collections["d"].get(sn_lib.SPECTRAL_STATS, {})}
+  if "encoder" in g_spectral:
+    spectral["e"] = g_spectral.pop("encoder")
+  return {"batch": {"g": collections["g"].get("batch_stats", {})}, "spectral": spectral}
+
+
+def _collections(stats) -> dict:
+  """The inverse of `_stats`: the state's collections by group, the encoder's inside G's group."""
+  g_spectral = dict(stats["spectral"]["g"])
+  if "e" in stats["spectral"]:
+    g_spectral["encoder"] = stats["spectral"]["e"]
+  return {"g": {"batch_stats": stats["batch"]["g"], sn_lib.SPECTRAL_STATS: g_spectral},
+          "d": {sn_lib.SPECTRAL_STATS: stats["spectral"]["d"]}}
+
+
+def collections_to_legacy(collections) -> dict:
+  """Run directories saved before the one train state kept "batch_stats" and "spectral_stats" fields."""
+  stats = _stats(collections)
+  return {"batch_stats": stats["batch"], "spectral_stats": stats["spectral"]}
+
+
+def collections_from_legacy(fields) -> dict:
+  return _collections({"batch": fields["batch_stats"], "spectral": fields["spectral_stats"]})
 
 
 def _labels(batch):
@@ -267,33 +289,30 @@ def _discriminator_loss(config, d_params, d_spectral, segmap, fake, real):
   return total, (d_spectral, {"d/fake": d_fake, "d/real": d_real})
 
 
-def train_step(config: ml_collections.ConfigDict, state: SPADEState, batch: dict,
-               rng: jax.Array) -> tuple[SPADEState, dict]:
+def train_step(config: ml_collections.ConfigDict, state: state_lib.TrainState, batch: dict,
+               rng: jax.Array) -> tuple[state_lib.TrainState, dict]:
   """G step then D step, as the original (see the module docstring)."""
-  g_tx, d_tx = _optimizers(config)
+  txs = optim.create_all(config, CONTRACT.optimizer_groups)
   segmap, real = _one_hot(config, _labels(batch)), batch["image"]
   noise_shape = (real.shape[0], config.model.z_dim)
   rngs = common.step_rngs(rng, "g_step", "d_step")  # The encoder's reparameterization noise in each step.
   g_noise, d_noise = (jax.random.normal(rngs[name], noise_shape) for name in ("g_step", "d_step"))
-  stats = {"batch": state.batch_stats, "spectral": state.spectral_stats}
+  stats = _stats(state.collections)
 
   (g_loss, (stats, g_metrics)), g_grads = jax.value_and_grad(
       functools.partial(_generator_loss, config), has_aux=True)(
-          state.g_params, state.d_params, stats, segmap, real, g_noise)
-  g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = optax.apply_updates(state.g_params, g_updates)
+          state.params["g"], state.params["d"], stats, segmap, real, g_noise)
+  state = state.update("g", txs["g"], g_grads)
 
   # The D step's fake comes from the updated G, as the original's generate_fake after optimizer_G.step().
-  fake, _, _, stats = _generate(config, g_params, stats, segmap, real, d_noise)
+  fake, _, _, stats = _generate(config, state.params["g"], stats, segmap, real, d_noise)
   (d_loss, (d_spectral, d_metrics)), d_grads = jax.value_and_grad(
       functools.partial(_discriminator_loss, config), has_aux=True)(
-          state.d_params, stats["spectral"]["d"], segmap, jax.lax.stop_gradient(fake), real)
-  d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_updates)
+          state.params["d"], stats["spectral"]["d"], segmap, jax.lax.stop_gradient(fake), real)
+  state = state.update("d", txs["d"], d_grads)
 
-  new_state = state.replace(
-      step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
-      d_opt_state=d_opt_state, batch_stats=stats["batch"], spectral_stats=dict(stats["spectral"], d=d_spectral))
+  stats["spectral"] = dict(stats["spectral"], d=d_spectral)
+  new_state = state.replace(step=state.step + 1, collections=_collections(stats))
   return new_state, {**g_metrics, "g/loss": g_loss, **d_metrics, "d/loss": d_loss}
 
 
@@ -320,32 +339,36 @@ def sample_inputs(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict
           "noise": jax.random.normal(rng, (label.shape[0], config.model.z_dim))}
 
 
-def sample(config: ml_collections.ConfigDict, state: SPADEState, inputs: dict) -> dict:
+def sample(config: ml_collections.ConfigDict, state: state_lib.TrainState, inputs: dict) -> dict:
   """label | generated | real, in [-1, 1].
 
   The original shows the fakes of its G step, i.e. G in training mode. Here G also runs in training mode (sync
   BN normalises with the sample batch's statistics, each spectral norm runs its power iteration) but on copies
   of the statistics: the updated collections are discarded, so drawing samples never changes the state.
   """
-  stats = {"batch": state.batch_stats, "spectral": state.spectral_stats}
   segmap = _one_hot(config, inputs["label"])
-  fake, _, _, _ = _generate(config, state.g_params, stats, segmap, inputs["image"], inputs["noise"])
+  fake, _, _, _ = _generate(config, state.params["g"], _stats(state.collections), segmap, inputs["image"],
+                            inputs["noise"])
   # An OrderedDict keeps this order through jit (a dict comes back with sorted keys), and the loop shows the
   # images side by side in the dict's order.
   return collections.OrderedDict(
       label=colorize(inputs["label"], config.model.label_nc), generated=fake, real=inputs["image"])
 
 
-EVAL_DATA_KEYS = ("label",)  # Evaluation generates from the reference records' parsing maps.
-
-
 def eval_inputs(config: ml_collections.ConfigDict, rng: jax.Array, size: int, data: dict) -> dict:
-  """The reference label maps for `generate` (z from N(0, 1) with use_vae, drawn there from `rng`)."""
-  del config, rng, size
-  return {"label": data["label"]}
+  """The label maps of `data` for `generate`, and its "style" images (use_vae; z from N(0, 1) without them, drawn
+  in `generate` from its key)."""
+  del rng, size
+  inputs = {"label": data["label"]}
+  if "style" in data:
+    if not config.model.use_vae:
+      raise errors.UserError("--style needs a model trained with use_vae (its config.model.use_vae is False)")
+    inputs["style"] = data["style"]
+  return inputs
 
 
-def generate(config: ml_collections.ConfigDict, state: SPADEState, inputs: dict, rng: jax.Array) -> dict:
+def generate(config: ml_collections.ConfigDict, state: state_lib.TrainState, inputs: dict,
+             rng: jax.Array) -> dict:
   """Inference as the original's test.py runs it: G (and the encoder) in eval mode, i.e. sync BN with its
   running statistics and every spectral norm from its stored u and v, nothing updated.
 
@@ -354,17 +377,18 @@ def generate(config: ml_collections.ConfigDict, state: SPADEState, inputs: dict,
   is drawn from N(0, 1).
   """
   generator, _, encoder = _models(config)
-  g_params = dict(state.g_params)
+  g_params = dict(state.params["g"])
   e_params = g_params.pop("encoder", None)
+  stats = _stats(state.collections)
   segmap = _one_hot(config, inputs["label"])
   z = None
   if config.model.use_vae:
     noise = jax.random.normal(rng, (segmap.shape[0], config.model.z_dim))
     z = noise
     if inputs.get("style") is not None:
-      mu, logvar = encoder.apply({"params": e_params, sn_lib.SPECTRAL_STATS: state.spectral_stats["e"]},
+      mu, logvar = encoder.apply({"params": e_params, sn_lib.SPECTRAL_STATS: stats["spectral"]["e"]},
                                  inputs["style"], train=False)
       z = mu + jnp.exp(0.5 * logvar) * noise
-  fake = generator.apply({"params": g_params, "batch_stats": state.batch_stats["g"],
-                          sn_lib.SPECTRAL_STATS: state.spectral_stats["g"]}, segmap, z, train=False)
+  fake = generator.apply({"params": g_params, "batch_stats": stats["batch"]["g"],
+                          sn_lib.SPECTRAL_STATS: stats["spectral"]["g"]}, segmap, z, train=False)
   return {"generated": fake}

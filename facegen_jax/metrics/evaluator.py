@@ -2,15 +2,20 @@
 `python -m facegen_jax.evaluate --workdir DIR` prints. Both build an `Evaluator` from the run's config, so the
 same checkpoint gives the same numbers in both.
 
-* Reference images: the first `num_real` records of the data in source order (`eval.split` for TFDS,
-  `eval.image_dir` for folders select other data than training's), resized and centre-cropped as in training,
-  never flipped. Their statistics are cached in `stats_dir` under a name made of (dataset, split, resolution,
-  count, Inception weights) and reused by later evaluations, restarts and other runs sharing the directory.
-* Generated images: `num_samples`, in batches of `batch_size`; batch b is `family.generate` (eval mode, with
-  the EMA generator where the state keeps one) on `family.eval_inputs(config, key_b, size, data)` with
-  key_b = fold_in(key(eval.seed), b) and, for conditional families, the fields `family.EVAL_DATA_KEYS` of
-  records [b * batch_size, (b + 1) * batch_size) (SPADE draws from the reference records' label maps).
-  Outputs are rounded to uint8 as a saved PNG would be, so a folder of `generate` outputs scores the same.
+* Every output the family's contract names (`CONTRACT.eval_outputs`: SPADE's "generated", a translator's "a2b"
+  and "b2a", an inpainter's composite) is scored against its reference field. With one output the metrics are
+  eval/fid, eval/kid_mean, eval/kid_std; with several, eval/fid_<output>, ... (e.g. eval/fid_a2b against domain
+  B's real images).
+* Reference images: the first `num_real` records of the reference field's domain in source order (`eval.split`
+  for TFDS, `eval.image_dir` for folders select other data than training's), resized and centre-cropped as in
+  training, never flipped. Their statistics are cached in `stats_dir` under a name made of (dataset, split,
+  resolution, count, Inception weights) and reused by later evaluations, restarts and other runs sharing it.
+* Generated images: `num_samples` per output, in batches of `batch_size`; batch b is `family.generate` (eval
+  mode, with the EMA parameters where the state keeps them) on `family.eval_inputs(config, key_b, size, data)`
+  with key_b = fold_in(key(eval.seed), b) and `data` the output's input fields of records
+  [b * batch_size, (b + 1) * batch_size) of their domain (SPADE draws the reference records' label maps, a2b
+  domain A's images). Outputs are rounded to uint8 as a saved PNG would be, so a folder of `generate` outputs
+  scores the same.
 * Every process reads its share of each batch; generation and Inception run sharded over the mesh axis
   "data" and the features come back replicated, so each process holds all of them (multi-host as training).
 """
@@ -36,7 +41,7 @@ import numpy as np
 
 from facegen_jax import errors
 from facegen_jax import families
-from facegen_jax.families import common
+from facegen_jax import state as state_lib
 from facegen_jax.metrics import fid
 from facegen_jax.metrics import inception
 from input_pipeline import pipeline
@@ -56,7 +61,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.stats_dir = config_dict.placeholder(str)  # Reference statistics cache; None: WORKDIR/fid_stats.
   c.kid = True
   c.kid_subsets = fid.KID_SUBSETS
-  c.kid_subset_size = fid.KID_SUBSET_SIZE
+  # Images per KID subset; None: 1000 (torch-fidelity's), or as many as the smaller image count allows.
+  c.kid_subset_size = config_dict.placeholder(int)
+  # The metric whose lowest value picks DIR/best_checkpoint ("fid", "kid_mean", "fid_a2b", ...); None: the FID of
+  # the family's first eval output.
+  c.best_metric = config_dict.placeholder(str)
   c.split = config_dict.placeholder(str)      # TFDS split of the reference data; None: input.tfds.split.
   c.image_dir = config_dict.placeholder(str)  # Folder of reference images; None: input.folder.image_dir.
   c.label_dir = config_dict.placeholder(str)  # Its parsing maps; None: input.folder.label_dir.
@@ -99,9 +108,9 @@ def check_settings(e: ml_collections.ConfigDict, option: Callable[[str], str] = 
   if num_real(e) < 2 or e.num_samples < 2:
     raise errors.ConfigError(f"FID needs at least 2 images on each side, got {e.num_samples} generated and "
                              f"{num_real(e)} real: raise {option('num_samples')} (thousands for a usable FID)")
-  if e.kid and e.kid_subset_size < 2:
+  if e.kid and e.kid_subset_size is not None and e.kid_subset_size < 2:
     raise errors.ConfigError(f"KID needs {option('kid_subset_size')} >= 2, got {e.kid_subset_size}")
-  if e.kid and e.kid_subset_size > min(e.num_samples, num_real(e)):
+  if e.kid and e.kid_subset_size is not None and e.kid_subset_size > min(e.num_samples, num_real(e)):
     raise errors.ConfigError(
         f"KID subset size {e.kid_subset_size} is larger than the {min(e.num_samples, num_real(e))} images: lower "
         f"{option('kid_subset_size')} to at most {min(e.num_samples, num_real(e))}, raise "
@@ -117,10 +126,11 @@ def check_settings(e: ml_collections.ConfigDict, option: Callable[[str], str] = 
         f"`{inception.CONVERT_COMMAND.format(path=e.inception_weights)}` or fix {option('inception_weights')}")
 
 
-def reference_input_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.input for the reference data: eval's split or folders, source order, centre crop, no flip."""
+def reference_input_config(config: ml_collections.ConfigDict, domain: str = "") -> ml_collections.ConfigDict:
+  """A domain's one-domain input config for the reference data: eval's split or folders, source order, centre
+  crop, no flip."""
   e = eval_config(config)
-  c = ml_collections.ConfigDict(config.input.to_dict())
+  c = ml_collections.ConfigDict(pipeline.domain_input_config(config.input, domain).to_dict())
   c.shuffle, c.random_crop, c.random_flip = False, False, False
   if e.split:
     c.tfds.split = e.split
@@ -158,79 +168,109 @@ def _to_uint8(images: jax.Array) -> jax.Array:
 
 
 class _ReferenceRecords:
-  """Record i of the reference data as the model sees it at eval: image uint8, label int32 (if any)."""
+  """Record i of a domain's reference data as the model sees it at eval: resized and centre-cropped, unflipped,
+  in the source's dtypes (image uint8)."""
 
   def __init__(self, input_config, source):
     self._source = source
     self._resize = transforms.Resize(pipeline.load_size(input_config), input_config.resize)
-    self._crop = transforms.CropAndFlip(input_config.resolution, random_crop=False, random_flip=False)
+    self._crop = transforms.CropAndFlip(pipeline.resolution_hw(input_config), random_crop=False,
+                                        random_flip=False)
 
   def __call__(self, index: int) -> dict:
     record = self._source[index]
     if record is None:
       raise errors.DataError(f"reference record {index} of {self._source!r} is unreadable: remove or replace it")
-    record = self._crop.random_map(self._resize.map(record), np.random.default_rng(0))
-    out = {"image": np.asarray(record["image"], np.uint8)}
-    if "label" in record:
-      out["label"] = np.asarray(record["label"], np.int32)
-    return out
+    return self._crop.random_map(self._resize.map(record), np.random.default_rng(0))
+
+
+def _fields(record: dict, fields: tuple[str, ...], real: bool) -> dict:
+  """{field: value} of one record: the uint8 image for Inception (`real`), else in the train step's dtypes."""
+  if real:
+    return {field: np.asarray(record[pipeline.field_domain(field)[1]], np.uint8) for field in fields}
+  converted = transforms.to_float(record)
+  return {field: converted[pipeline.field_domain(field)[1]] for field in fields}
+
+
+def _output_domain(name: str, output) -> str:
+  domains = {pipeline.field_domain(field)[0] for field in output.inputs}
+  if len(domains) > 1:
+    raise ValueError(f"eval output {name!r} reads fields of several domains: {output.inputs}")
+  return domains.pop() if domains else ""
 
 
 class Evaluator:
-  """Computes {"eval/fid", "eval/kid_mean", "eval/kid_std"} of a train state's generator.
+  """Computes {"eval/fid", "eval/kid_mean", "eval/kid_std"} (per output: "eval/fid_a2b", ...) of a train state.
 
-  Build it once (it loads the weights and compiles on first use); call it with a state. `stats_dir` is
-  where reference statistics are cached.
+  Build it once (it loads the weights and compiles on first use); call it with a state. `stats_dir` is where
+  reference statistics are cached.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, *, stats_dir, source=None,
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, *, stats_dir,
                option: Callable[[str], str] = config_option):
     self._config = config
     self._eval = e = eval_config(config)
     check_settings(e, option)
     self._family = families.get_family(config.family)
+    self._outputs = dict(self._family.CONTRACT.eval_outputs)
     self._mesh = mesh
     devices = mesh.devices.size
     self._batch_size = math.ceil(e.batch_size / devices) * devices
-    self._input = reference_input_config(config)
-    self._source = source if source is not None else pipeline.create_source(self._input)
     self._num_real = num_real(e)
-    needed = max(self._num_real, e.num_samples if self._family.EVAL_DATA_KEYS else 0)
-    if len(self._source) < needed:
-      what = "real images" if self._num_real >= needed else "label maps for the generated images"
-      raise errors.ConfigError(
-          f"the reference data has {len(self._source)} examples, fewer than the {needed} {what}: lower "
-          f"{option('num_samples')} (or {option('num_real')}) to at most {len(self._source)}")
+    # Domain of the generator's inputs and (domain, key) of the reference images, per output.
+    self._input_domain = {name: _output_domain(name, out) for name, out in self._outputs.items()}
+    self._reference = {name: pipeline.field_domain(out.reference) for name, out in self._outputs.items()}
+    domains = set(self._input_domain.values()) | {d for d, _ in self._reference.values()}
+    self._inputs = {d: reference_input_config(config, d) for d in sorted(domains)}
+    self._sources = {d: pipeline.create_source(c) for d, c in self._inputs.items()}
+    for name, out in self._outputs.items():
+      self._check_size(self._reference[name][0], self._num_real, "real images", option)
+      if out.inputs:
+        self._check_size(self._input_domain[name], e.num_samples, f"records to generate {name!r} from", option)
     weights = os.path.expanduser(e.inception_weights)
-    self._stats_path = epath.Path(stats_dir) / stats_file_name(self._input, self._num_real, _file_digest(weights))
+    digest = _file_digest(weights)
+    self._stats_paths = {d: epath.Path(stats_dir) / stats_file_name(c, self._num_real, digest)
+                         for d, c in self._inputs.items()}
     self._variables = jax.device_put(inception.load_params(weights), NamedSharding(mesh, P()))
     self._features = fid.feature_fn(mesh)
     self._data_sharding = NamedSharding(mesh, P("data"))
-    self._generate = jax.jit(self._generate_uint8, static_argnums=2, out_shardings=self._data_sharding)
-    self._real: fid.Statistics | None = None
+    self._generate = jax.jit(self._generate_uint8, static_argnums=(2, 3), out_shardings=self._data_sharding)
+    self._real: dict[str, fid.Statistics] = {}
 
-  def _generate_uint8(self, state, data: dict, size: int, key: jax.Array) -> jax.Array:
-    state = common.inference_state(state)
+  def _check_size(self, domain: str, needed: int, what: str, option) -> None:
+    have = len(self._sources[domain])
+    if have < needed:
+      where = f"domain {domain!r} of the reference data" if domain else "the reference data"
+      raise errors.ConfigError(
+          f"{where} has {have} examples, fewer than the {needed} {what}: lower {option('num_samples')} (or "
+          f"{option('num_real')}) to at most {have}")
+
+  @property
+  def metric_names(self) -> dict[str, str]:
+    """{output: suffix of its metrics}: "" with one output (eval/fid), "_<output>" with several."""
+    return {name: "" if len(self._outputs) == 1 else f"_{name}" for name in self._outputs}
+
+  def _generate_uint8(self, state, data: dict, size: int, output: str, key: jax.Array) -> jax.Array:
+    state = state_lib.inference_state(state)
     inputs = self._family.eval_inputs(self._config, key, size, data)
-    return _to_uint8(self._family.generate(self._config, state, inputs, key)["generated"])
+    return _to_uint8(self._family.generate(self._config, state, inputs, key)[output])
 
-  def _local_batches(self, count: int, keys: tuple[str, ...]):
-    """This process's rows of each global batch over records [0, count), zero-padded at the end.
+  def _local_batches(self, count: int, fields: tuple[str, ...], *, domain: str = "", real: bool = False):
+    """This process's rows of each global batch over records [0, count) of `domain`, zero-padded at the end.
 
-    Yields (global index of the batch, number of real rows in it, {key: local rows}).
+    Yields (global index of the batch, number of real rows in it, {field: local rows}).
     """
     batch, processes, process = self._batch_size, jax.process_count(), jax.process_index()
     per_process = batch // processes if batch % processes == 0 else None
     if per_process is None:
       raise errors.ConfigError(f"eval.batch_size {batch} must be a multiple of the {processes} processes")
     num_batches = math.ceil(count / batch)
-    read = _ReferenceRecords(self._input, self._source)
+    read = _ReferenceRecords(self._inputs[domain], self._sources[domain])
     indices = [b * batch + process * per_process + j for b in range(num_batches) for j in range(per_process)]
-    example = read(0)
-    blank = {k: np.zeros_like(example[k]) for k in keys}
+    blank = {k: np.zeros_like(v) for k, v in _fields(read(0), fields, real).items()}
     records = grain.MapDataset.source(indices).map(
-        lambda i: {k: v for k, v in read(i).items() if k in keys} if i < count else blank)
-    records = records.to_iter_dataset(grain.ReadOptions(num_threads=self._input.read_threads,
+        lambda i: _fields(read(i), fields, real) if i < count else blank)
+    records = records.to_iter_dataset(grain.ReadOptions(num_threads=self._inputs[domain].read_threads,
                                                         prefetch_buffer_size=2 * per_process))
     for b, rows in enumerate(records.batch(per_process)):
       yield b, min(batch, count - b * batch), rows
@@ -238,12 +278,8 @@ class Evaluator:
   def _global(self, local: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(self._data_sharding, local)
 
-  def _collect(self, count: int, what: str, features_of_batch) -> np.ndarray:
-    """Runs `features_of_batch(b, local rows)` over the batches and gathers the first `count` feature rows."""
-    keys = ("image",) if what == "real" else tuple(self._family.EVAL_DATA_KEYS)
-    batches = (self._local_batches(count, keys) if keys else
-               ((b, min(self._batch_size, count - b * self._batch_size), {})
-                for b in range(math.ceil(count / self._batch_size))))
+  def _collect(self, count: int, what: str, batches, features_of_batch) -> np.ndarray:
+    """Runs `features_of_batch(b, local rows)` over `batches` and gathers the first `count` feature rows."""
     progress = _Progress(what, count)
     out, pending, done = [], None, 0
     for b, valid, rows in batches:
@@ -257,48 +293,65 @@ class Evaluator:
     progress(count)
     return np.concatenate(out)
 
-  def _real_features(self, b: int, rows: dict) -> jax.Array:
-    del b
-    return self._features(self._variables, self._global(rows["image"]))
-
-  def reference_statistics(self) -> fid.Statistics:
-    """The reference data's statistics: from the cache if there, else computed (by all processes) and cached."""
-    if self._real is None:
-      have = self._stats_path.exists()
+  def reference_statistics(self, output: str | None = None) -> fid.Statistics:
+    """The statistics of `output`'s reference images (default: the first output's): from the cache if there,
+    else computed (by all processes) and cached."""
+    domain, key = self._reference[output or next(iter(self._outputs))]
+    if domain not in self._real:
+      path = self._stats_paths[domain]
+      have = path.exists()
       if jax.process_count() > 1:  # All processes compute together unless every one can read the file.
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         have = bool(np.min(multihost_utils.process_allgather(np.int32(have))))
-      real = fid.Statistics.load(self._stats_path) if have else None
+      real = fid.Statistics.load(path) if have else None
       if real is not None and real.count != self._num_real:
         real = None
       if real is None:
-        logging.info("eval: reference statistics of %d images -> %s", self._num_real, self._stats_path)
-        real = fid.Statistics.of(self._collect(self._num_real, "real", self._real_features))
-        if not self._stats_path.exists():  # Each process whose filesystem lacks it; the write is atomic.
-          self._stats_path.parent.mkdir(parents=True, exist_ok=True)
-          real.save(self._stats_path)
+        logging.info("eval: reference statistics of %d images -> %s", self._num_real, path)
+        field = f"{domain}/{key}" if domain else key
+        batches = self._local_batches(self._num_real, (field,), domain=domain, real=True)
+        real = fid.Statistics.of(self._collect(
+            self._num_real, f"real{' ' + domain if domain else ''}", batches,
+            lambda b, rows: self._features(self._variables, self._global(rows[field]))))
+        if not path.exists():  # Each process whose filesystem lacks it; the write is atomic.
+          path.parent.mkdir(parents=True, exist_ok=True)
+          real.save(path)
       else:
-        logging.info("eval: reference statistics from %s", self._stats_path)
-      self._real = real
-    return self._real
+        logging.info("eval: reference statistics from %s", path)
+      self._real[domain] = real
+    return self._real[domain]
 
-  def generated_features(self, state) -> np.ndarray:
-    key = jax.random.key(self._eval.seed)
+  def generated_features(self, state, output: str | None = None) -> np.ndarray:
+    output = output or next(iter(self._outputs))
+    key, count = jax.random.key(self._eval.seed), self._eval.num_samples
+    fields = tuple(self._outputs[output].inputs)
+    if fields:
+      batches = self._local_batches(count, fields, domain=self._input_domain[output])
+    else:
+      batches = ((b, min(self._batch_size, count - b * self._batch_size), {})
+                 for b in range(math.ceil(count / self._batch_size)))
 
     def features_of_batch(b, rows):
-      images = self._generate(state, {k: self._global(v) for k, v in rows.items()}, self._batch_size,
+      images = self._generate(state, {k: self._global(v) for k, v in rows.items()}, self._batch_size, output,
                               jax.random.fold_in(key, b))
       return self._features(self._variables, images)
 
-    return self._collect(self._eval.num_samples, "generated", features_of_batch)
+    return self._collect(count, f"generated {output}", batches, features_of_batch)
 
   def __call__(self, state) -> dict[str, float]:
-    real = self.reference_statistics()
-    fake = fid.Statistics.of(self.generated_features(state))
     e = self._eval
-    result = fid.metrics(real, fake, with_kid=e.kid, num_subsets=e.kid_subsets, subset_size=e.kid_subset_size,
-                         option="eval.kid_subset_size")
-    return {f"eval/{name}": value for name, value in result.items()}
+    scalars = {}
+    for output, suffix in self.metric_names.items():
+      real = self.reference_statistics(output)
+      fake = fid.Statistics.of(self.generated_features(state, output))
+      result = fid.metrics(real, fake, with_kid=e.kid, num_subsets=e.kid_subsets, subset_size=e.kid_subset_size,
+                           option="eval.kid_subset_size")
+      scalars.update({f"eval/{name}{suffix}": value for name, value in result.items()})
+    return scalars
+
+  def best_metric(self) -> str:
+    """The eval/ scalar (without the prefix) whose lowest value picks the best checkpoint."""
+    return self._eval.best_metric or f"fid{next(iter(self.metric_names.values()))}"
 
 
 class _Progress:

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 from typing import Iterable
 
+from absl import logging
 import jax
 import numpy as np
 import scipy.linalg
@@ -197,14 +198,28 @@ def kid(features_a: np.ndarray, features_b: np.ndarray, *, num_subsets: int = KI
   return float(np.mean(mmds)), float(np.std(mmds))
 
 
+def default_kid_subset_size(*counts: int) -> int:
+  """KID's subset size when none was set: torch-fidelity's 1000, or the most the smaller image count allows
+  (small sets, such as a few hundred personal photos, are normal in fine-tuning)."""
+  size = min(KID_SUBSET_SIZE, *counts)
+  if size < KID_SUBSET_SIZE:
+    logging.info("KID: subsets of %d images (the default %d is more than the %d images there are); set the "
+                 "subset size to choose another", size, KID_SUBSET_SIZE, min(counts))
+  return size
+
+
 def metrics(real: Statistics, fake: Statistics, *, with_kid: bool = True, num_subsets: int = KID_SUBSETS,
-            subset_size: int = KID_SUBSET_SIZE, option: str = "subset_size") -> dict[str, float]:
-  """{"fid": ..., "kid_mean": ..., "kid_std": ...} (KID only `with_kid`, which needs both sides' features)."""
+            subset_size: int | None = None, option: str = "subset_size") -> dict[str, float]:
+  """{"fid": ..., "kid_mean": ..., "kid_std": ...} (KID only `with_kid`, which needs both sides' features).
+
+  subset_size None: `default_kid_subset_size` of the two counts."""
   result = {"fid": fid(real, fake)}
   if with_kid:
     if real.features is None or fake.features is None:
       raise DataError("KID needs the features, and a statistics file without them (e.g. pytorch-fid's) has only "
                       "mu and sigma: compute from images, or skip KID")
+    if subset_size is None:
+      subset_size = default_kid_subset_size(len(real.features), len(fake.features))
     result["kid_mean"], result["kid_std"] = kid(real.features, fake.features, num_subsets=num_subsets,
                                                 subset_size=subset_size, option=option)
   return result
