@@ -69,8 +69,6 @@ if __name__ == "__main__":
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_early_devices(sys.argv)}").strip()
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import importlib

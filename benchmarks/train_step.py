@@ -16,12 +16,9 @@ benchmarks/spade_torch.py (NVlabs SPADE, torch 2.13 CPU, 2 threads) in the same 
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
