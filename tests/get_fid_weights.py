@@ -12,8 +12,7 @@ import sys
 import tempfile
 import zipfile
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import fid_weights  # pylint: disable=g-import-not-at-top
+import fid_weights  # tests/fid_weights.py: run as a script, this file's directory is on sys.path
 
 
 def _sha256(path) -> str:
