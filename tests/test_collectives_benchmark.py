@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 _SPEC = importlib.util.spec_from_file_location("collectives", REPO / "benchmarks" / "collectives.py")
@@ -89,6 +91,7 @@ print(collectives.count_collectives(text)["all-reduce"])
 """
 
 
+@pytest.mark.slow
 def test_a_sum_over_the_split_axis_is_one_all_reduce_of_its_size():
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
   result = subprocess.run([sys.executable, "-c", _PSUM], cwd=REPO, env=env, capture_output=True, text=True,

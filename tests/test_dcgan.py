@@ -80,6 +80,7 @@ def test_training_moves_samples_toward_the_data():
   assert np.mean(gaps_after) < 0.7 * gap_before, (gap_before, gaps_after)
 
 
+@pytest.mark.slow
 def test_generate_command_writes_images_from_a_run(tmp_path):
   """`python -m facegen_jax.generate --num` on a trained run: seeded noise through G in eval mode; a bad --step
   is one error line and exit code 2."""

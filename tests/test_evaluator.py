@@ -167,6 +167,7 @@ def test_settings_that_cannot_work_fail_before_training(weights, tmp_path):
   assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_evaluate_command_errors(dcgan_run, tmp_path):
   with pytest.raises(errors.ConfigError, match="--kid_subset_size to at most 10"):
     evaluate.run_workdir(str(dcgan_run), kid_subset_size=11)
@@ -181,6 +182,7 @@ def test_evaluate_command_errors(dcgan_run, tmp_path):
   assert result.returncode == 2 and "give one or the other" in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_command_line_on_eight_devices_matches_one(dcgan_run):
   """The CLI over 8 simulated devices (batch split 8 ways) gives the numbers of the in-process 1-device run."""
   one = evaluate.run_workdir(str(dcgan_run), batch_size=8)

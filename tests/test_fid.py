@@ -49,6 +49,7 @@ def _torchvision_state_dict(arrays, rng):
 # --- no real weights needed ---
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_hw", [(17, 17), (64, 64), (40, 90), (299, 299), (512, 512), (333, 301)])
 def test_resize_matches_torch_bilinear(in_hw):
   torch = pytest.importorskip("torch")
@@ -192,6 +193,7 @@ def test_converter_errors():
     convert_inception.convert_torchscript_params({"conv.weight": np.zeros(1)})
 
 
+@pytest.mark.slow
 def test_convert_cli_reads_a_pth_and_reports_errors(tmp_path, capsys):
   torch = pytest.importorskip("torch")
   arrays = fid_weights.write_random_weights(tmp_path / "w.npz")
@@ -223,6 +225,7 @@ def _write_pngs(folder, images):
   return folder
 
 
+@pytest.mark.slow
 def test_evaluate_errors(tmp_path):
   fid_weights.write_random_weights(tmp_path / "w.npz")
   good = _write_pngs(tmp_path / "good", _faces(2, 32))
@@ -270,6 +273,7 @@ def face_features(real_weights):
   return faces, fid.extract_features(inception.load_params(real_weights["b"]), [faces], batch_size=8)
 
 
+@pytest.mark.slow
 def test_features_finite_deterministic_and_same_from_both_formats(real_weights, face_features):
   faces, features = face_features
   a, b = inception.load_params(real_weights["a"]), inception.load_params(real_weights["b"])
@@ -282,6 +286,7 @@ def test_features_finite_deterministic_and_same_from_both_formats(real_weights, 
   np.testing.assert_array_equal(again, features)
 
 
+@pytest.mark.slow
 def test_features_match_torchscript_model(real_weights, face_features):
   torch = pytest.importorskip("torch")
   faces, features = face_features
@@ -294,6 +299,7 @@ def test_features_match_torchscript_model(real_weights, face_features):
   assert np.abs(features - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_fid_zero_for_same_images_and_grows_with_noise_and_blur(real_weights, face_features):
   faces, features = face_features
   variables = inception.load_params(real_weights["b"])
@@ -308,6 +314,7 @@ def test_fid_zero_for_same_images_and_grows_with_noise_and_blur(real_weights, fa
   assert 10 < values[0] < values[1] and 10 < values[2] < values[3]
 
 
+@pytest.mark.slow
 def test_matches_pytorch_fid(real_weights, face_features, tmp_path, monkeypatch):
   """pytorch-fid's own InceptionV3 and `calculate_fid_given_paths` (torchvision replaced by a stand-in)."""
   torch = pytest.importorskip("torch")

@@ -17,10 +17,13 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from facegen_jax import rundir
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # processes started with several simulated devices each
 
 _STEPS = 16
 _FLAGS = ["--config", "configs/dcgan.py:tiny", f"--config.num_train_steps={_STEPS}",

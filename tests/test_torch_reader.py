@@ -17,6 +17,7 @@ from facegen_jax.convert import torch_reader
 from facegen_jax.errors import DataError
 
 torch = pytest.importorskip("torch", reason="writes checkpoints with torch: see requirements-test.txt")
+pytestmark = pytest.mark.slow  # imports torch
 
 
 def _numpy(t):

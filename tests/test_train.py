@@ -133,6 +133,7 @@ def _final_params(workdir: pathlib.Path):
 _TINY = ["--config", "configs/dcgan.py:tiny"]
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_gives_the_uninterrupted_result(tmp_path):
   flags = [*_TINY, "--config.num_train_steps=150", "--config.checkpoint_every_steps=5",
            "--config.sample_every_steps=1000", "--config.log_every_steps=50"]
@@ -156,6 +157,7 @@ def test_sigkill_and_restart_gives_the_uninterrupted_result(tmp_path):
   _assert_trees_equal(state_a, state_b)
 
 
+@pytest.mark.slow
 def test_sigterm_at_a_random_step_saves_exits_zero_and_resumes_bit_identically(tmp_path):
   """SIGTERM at a random moment of a run with EMA, random crops and flips: it checkpoints the step it is at and
   exits 0, and the restart ends where an uninterrupted run does (parameters, optimizer, EMA, data position and
@@ -227,6 +229,7 @@ def _assert_close_in_norm(a, b, name):
 
 @pytest.mark.parametrize("family, overrides, assert_close", [("dcgan", {}, _assert_close_elementwise),
                                                              ("spade", _SPADE_WELL_CONDITIONED, _assert_close_in_norm)])
+@pytest.mark.slow
 def test_eight_devices_match_one(tmp_path, family, overrides, assert_close):
   dumps = {}
   for devices in (1, 8):
@@ -286,6 +289,7 @@ def test_bad_config_values_are_user_errors(workdir, overrides, message):
     train.train_and_evaluate(tiny_config("dcgan", **overrides), str(workdir))
 
 
+@pytest.mark.slow
 def test_main_prints_one_line_error_and_exits_2(workdir):
   result = run_main(*_TINY, "--config.family=nope", "--workdir", str(workdir), check=False)
   assert result.returncode == 2
