@@ -98,18 +98,20 @@ def _has_arrays(tree) -> bool:
   return bool(jax.tree.leaves(tree))
 
 
-def _legacy_target(target: state_lib.TrainState, family, with_ema: bool) -> dict:
+def _legacy_target(target: state_lib.TrainState, family, saved: dict, with_ema: bool) -> dict:
   fields = {"step": target.step, **family.collections_to_legacy(target.collections)}
   for field, (attribute, group) in _LEGACY_FIELDS.items():
     if field != "ema_params" or with_ema:
       fields[field] = getattr(target, attribute)[group]
+  if "ema_params" in saved and not with_ema:
+    fields["ema_params"] = None  # Saved as None by a run without EMA.
   return fields
 
 
 def _from_legacy(fields: dict, target: state_lib.TrainState, family) -> state_lib.TrainState:
   parts = {"params": {}, "opt_state": {}, "ema": {}}
   for field, (attribute, group) in _LEGACY_FIELDS.items():
-    if field in fields:
+    if fields.get(field) is not None:
       parts[attribute][group] = fields[field]
   return target.replace(step=fields["step"], collections=family.collections_from_legacy(fields), **parts)
 
@@ -132,7 +134,7 @@ def restore(manager: ocp.CheckpointManager, step: int, target: state_lib.TrainSt
     if not hasattr(family, "collections_to_legacy"):
       raise errors.UserError(f"the checkpoint at {directory / str(step)} has the old GAN layout, which family "
                              f"{config.family!r} never used: is --workdir the right run?")
-    state_target = _legacy_target(target, family, with_ema)
+    state_target = _legacy_target(target, family, saved, with_ema)
   else:
     state_target = target if with_ema or not target.ema else target.replace(ema={})
   args = {STATE_ITEM: ocp.args.StandardRestore(state_target), **(items or {})}
