@@ -17,6 +17,7 @@ from facegen_jax import compile as compile_lib
 from facegen_jax import generate
 from facegen_jax import rundir
 from facegen_jax.convert import spade as convert_spade
+from facegen_jax.convert import torch_map
 from facegen_jax.convert.__main__ import main as convert_main
 from facegen_jax.errors import UserError
 from facegen_jax import families
@@ -295,9 +296,8 @@ def test_full_size_faceit_generator_keys_map_one_to_one():
                        g_param_free_norm="batch", num_upsampling_layers="normal")
   config = convert_spade.build_config(model)
   abstract = jax.eval_shape(functools.partial(families.init_state, config), jax.random.key(0))
-  expected = convert_spade.expected_keys(convert_spade._generator_variables(abstract),
-                                         convert_spade._G_SEQUENTIAL)
-  convert_spade.check_keys(sd, expected, "faceit", "")
+  expected = torch_map.expected_keys(convert_spade._generator_variables(abstract), convert_spade.GENERATOR_KEYS)
+  torch_map.check_keys(sd, expected, "faceit", "")
   assert set(expected) == {k for k in sd if not k.endswith("num_batches_tracked")}
   buffers = ("_u", "_v", "running_mean", "running_var", "num_batches_tracked")
   assert sum(np.prod(v.shape) for k, v in sd.items() if not k.endswith(buffers)) == 92_538_819  # The original's.

@@ -11,10 +11,11 @@ What no shape tells comes from flags: --crop_size (default 128, FaceIt's), --asp
 `torch_reader` (torch is not needed): a plain state_dict as NVlabs saves it (`net.cpu().state_dict()`), one
 nested under "state_dict", "netG" etc., or with DataParallel's `module.` prefix.
 
-Keys map as `facegen_jax.nets.spade`'s docstring states. Spectral-norm layers saved by torch < 1.0 have no
-`weight_v`, only the normalised `weight`: v is solved from weight_orig, weight_u and weight as torch's
-load_state_dict pre-hook does (in float64). Every key must be used and every variable filled with its shape,
-or a UserError names the keys. `--encoder latest_net_E.pth` adds a use_vae model's encoder (its layer6 must
+Keys map as `facegen_jax.nets.spade`'s docstring states (the tables `GENERATOR_KEYS` and `ENCODER_KEYS`; layouts,
+spectral vectors and the check are `torch_map`'s). Spectral-norm layers saved by torch < 1.0 have no `weight_v`,
+only the normalised `weight`: v is solved from weight_orig, weight_u and weight as torch's load_state_dict
+pre-hook does (in float64). Every key must be used and every variable filled with its shape, or a UserError
+names the keys. `--encoder latest_net_E.pth` adds a use_vae model's encoder (its layer6 must
 exist: the original's encoder runs only at crop >= 256).
 
 The output is a full SPADE train state: the converted G (and encoder), a fresh D (`--ndf`, the original's 64)
@@ -27,26 +28,22 @@ An --aspect_ratio other than 1 converts, but `generate` and the input pipeline m
 from __future__ import annotations
 
 import functools
-import re
 
-from flax import traverse_util
 import jax
-import numpy as np
 
 from configs import spade as spade_configs
 from facegen_jax import compile as compile_lib
 from facegen_jax import families
 from facegen_jax import rundir
-from facegen_jax.convert import torch_reader
+from facegen_jax.convert import torch_map
 from facegen_jax.errors import UserError
-from facegen_jax.families import spade
 from facegen_jax.nets import spade as spade_nets
 from facegen_jax.nets import spectral_norm as sn_lib
 
-# Module names that are nn.Sequential in the original, with the index of the layer holding the weights.
-_G_SEQUENTIAL = {"mlp_shared": "0"}
-_E_SEQUENTIAL = {r"layer\d+": "0"}
-_SHOW = 8  # Key names listed in an error message.
+# Module names as facegen_jax.nets.spade's docstring states them: ours are the original's, without the indices of
+# the nn.Sequentials holding the weights.
+GENERATOR_KEYS = torch_map.KeyTable(modules={"mlp_shared": "mlp_shared.0"})
+ENCODER_KEYS = torch_map.KeyTable(modules={r"layer\d+": r"\g<0>.0"})
 
 
 def add_arguments(parser) -> None:
@@ -69,17 +66,6 @@ def run(args) -> None:
   print(f"wrote {args.out}: SPADE generator{' + encoder' if args.encoder else ''} (label_nc {m.label_nc}, "
         f"ngf {m.ngf}, crop {m.crop_size}, {m.num_upsampling_layers}, use_vae {m.use_vae}); generate with "
         f"`python -m facegen_jax.generate --workdir {args.out} --labels MAPS --out OUT`")
-
-
-def _load(path, what: str) -> dict[str, np.ndarray]:
-  state_dict = torch_reader.load_state_dict(path)
-  # {"state_dict": sd} alone reads as "state_dict.fc.weight", ...; DataParallel adds "module.".
-  prefixes = tuple(f"{name}." for name in ("module",) + torch_reader.STATE_DICT_KEYS)
-  while state_dict and (prefix := next((p for p in prefixes if all(k.startswith(p) for k in state_dict)), None)):
-    state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
-  if not state_dict:
-    raise UserError(f"{path} holds an empty state_dict: pass the {what}")
-  return state_dict
 
 
 def _not_a_generator(keys, source) -> UserError:
@@ -180,104 +166,6 @@ def build_config(model: dict, *, ndf: int = 64):
   return config
 
 
-def _torch_module(path: tuple[str, ...], sequential: dict[str, str]) -> str:
-  parts = []
-  for name in path:
-    parts.append(name)
-    parts.extend(index for pattern, index in sequential.items() if re.fullmatch(pattern, name))
-  return ".".join(parts)
-
-
-def expected_keys(variables: dict, sequential: dict[str, str]) -> dict[str, tuple]:
-  """{torch key: (collection, flax path, torch shape)} for flax variables {collection: tree of shapes}."""
-  flat = {(collection,) + path: leaf for collection, tree in variables.items()
-          for path, leaf in traverse_util.flatten_dict(tree).items()}
-  spectral = {path[1:-1] for path in flat if path[0] == sn_lib.SPECTRAL_STATS}
-  keys = {}
-  for (collection, *path), leaf in flat.items():
-    module, name = tuple(path[:-1]), path[-1]
-    shape = tuple(leaf.shape)
-    if collection == "params" and name == "kernel":
-      name = "weight_orig" if module in spectral else "weight"
-      shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
-    elif collection == sn_lib.SPECTRAL_STATS:
-      name = f"weight_{name}"
-    keys[f"{_torch_module(module, sequential)}.{name}"] = (collection, tuple(path), shape)
-  return keys
-
-
-def _old_spectral_weight(key: str, state_dict) -> str | None:
-  """For a missing `X.weight_v`: the key `X.weight` of a pre-1.0 spectral-norm layer, if that is the case."""
-  base = key[:-len("_v")]
-  if key.endswith(".weight_v") and all(base + s in state_dict for s in ("", "_orig", "_u")):
-    return base
-  return None
-
-
-def check_keys(state_dict, expected: dict, source, hint: str) -> None:
-  """Raises UserError unless the state_dict has exactly the expected keys and shapes (values need `.shape`)."""
-  used, missing, wrong = set(), [], []
-  for key, (_, _, shape) in expected.items():
-    old = _old_spectral_weight(key, state_dict) if key not in state_dict else None
-    if old is not None:
-      used.add(old)
-      if tuple(state_dict[old].shape) != tuple(state_dict[old + "_orig"].shape):
-        wrong.append(f"{old} {tuple(state_dict[old].shape)} (expected {tuple(state_dict[old + '_orig'].shape)})")
-    elif key not in state_dict:
-      missing.append(key)
-    elif tuple(state_dict[key].shape) != shape:
-      wrong.append(f"{key} {tuple(state_dict[key].shape)} (expected {shape})")
-    used.add(key)
-  batch_norms = {key[:-len("running_mean")] for key in expected if key.endswith(".running_mean")}
-  unexpected = sorted(k for k in state_dict if k not in used
-                      and not (k.endswith(".num_batches_tracked") and k[:-len("num_batches_tracked")] in batch_norms))
-  problems = [f"{what} {len(names)}: {', '.join(sorted(names)[:_SHOW])}{', ...' if len(names) > _SHOW else ''}"
-              for what, names in (("missing keys", missing), ("unexpected keys", unexpected),
-                                  ("wrong shapes", wrong)) if names]
-  if problems:
-    raise UserError(f"{source} does not match the model read from it: {'; '.join(problems)}. {hint}")
-
-
-def _torch_to_flax(key: str, value: np.ndarray) -> np.ndarray:
-  value = np.asarray(value, np.float32)
-  if key.endswith((".weight", ".weight_orig")):
-    return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
-  return value
-
-
-def solve_spectral_v(weight_orig: np.ndarray, weight_u: np.ndarray, weight: np.ndarray) -> np.ndarray:
-  """torch's `_solve_v_and_rescale` for pre-1.0 checkpoints: v with u = normalize(W v), u . W v = sigma.
-
-  sigma = mean(weight_orig / weight), as torch's pre-hook takes it (over entries where weight is non-zero,
-  which torch would turn into NaN). torch's v = pinv(W^T W) W^T u is pinv(W) u = W^T pinv(W W^T) u: the
-  smaller Gram matrix is inverted (1024 x 1024 rather than 9216 x 9216 for FaceIt's head_0).
-  """
-  matrix = np.asarray(weight_orig, np.float64).reshape(weight_orig.shape[0], -1)
-  u = np.asarray(weight_u, np.float64)
-  orig, normed = np.asarray(weight_orig, np.float64).ravel(), np.asarray(weight, np.float64).ravel()
-  nonzero = normed != 0
-  sigma = np.mean(orig[nonzero] / normed[nonzero]) if nonzero.any() else 1.0
-  if matrix.shape[0] <= matrix.shape[1]:
-    v = matrix.T @ (np.linalg.pinv(matrix @ matrix.T, hermitian=True) @ u)
-  else:
-    v = np.linalg.pinv(matrix.T @ matrix, hermitian=True) @ (matrix.T @ u)
-  return (v * (sigma / (u @ (matrix @ v)))).astype(np.float32)
-
-
-def convert_variables(state_dict, expected: dict, abstract: dict) -> dict:
-  """{collection: tree} in `abstract`'s structure, filled from a state_dict already passed by `check_keys`."""
-  flat = {}
-  for key, (collection, path, _) in expected.items():
-    old = _old_spectral_weight(key, state_dict) if key not in state_dict else None
-    if old is not None:
-      value = solve_spectral_v(state_dict[old + "_orig"], state_dict[old + "_u"], state_dict[old])
-    else:
-      value = _torch_to_flax(key, state_dict[key])
-    flat[(collection,) + path] = value
-  out = traverse_util.unflatten_dict(flat)
-  return {collection: out.get(collection, {}) for collection in abstract}
-
-
 def _without_encoder(tree) -> dict:
   return {k: v for k, v in tree.items() if k != "encoder"}
 
@@ -309,7 +197,7 @@ _E_HINT = "Was it saved by NVlabs/SPADE's ConvEncoder (latest_net_E.pth) with th
 def convert(checkpoint, out, *, encoder=None, crop_size: int = 128, aspect_ratio: float = 1.0,
             num_upsampling_layers: str | None = None, ndf: int = 64):
   """Writes the run directory `out`; returns its config."""
-  g_dict = _load(checkpoint, "generator (latest_net_G.pth)")
+  g_dict = torch_map.read_state_dict(checkpoint, "generator (latest_net_G.pth)")
   model = detect_generator(g_dict, checkpoint, crop_size=crop_size, aspect_ratio=aspect_ratio,
                            num_upsampling_layers=num_upsampling_layers)
   e_dict = None
@@ -317,7 +205,7 @@ def convert(checkpoint, out, *, encoder=None, crop_size: int = 128, aspect_ratio
     if not model["use_vae"]:
       raise UserError(f"--encoder given, but {checkpoint} was trained without use_vae (its fc is a conv): "
                       "drop --encoder")
-    e_dict = _load(encoder, "encoder (latest_net_E.pth)")
+    e_dict = torch_map.read_state_dict(encoder, "encoder (latest_net_E.pth)")
     e_model = detect_encoder(e_dict, encoder)
     if (e_model["ngf"], e_model["z_dim"]) != (model["ngf"], model["z_dim"]):
       raise UserError(f"--encoder {encoder} has ngf {e_model['ngf']}, z_dim {e_model['z_dim']} but the generator "
@@ -326,18 +214,14 @@ def convert(checkpoint, out, *, encoder=None, crop_size: int = 128, aspect_ratio
   config = build_config(model, ndf=ndf)
   init = functools.partial(families.init_state, config)
   abstract = jax.eval_shape(init, jax.random.key(0))
-  parts = [(g_dict, checkpoint, _generator_variables, _G_SEQUENTIAL, _G_HINT)]
+  # Both files are checked (and converted: numpy only) before the slow part, the fresh state's compilation.
+  g = torch_map.load_variables(g_dict, _generator_variables(abstract), GENERATOR_KEYS, checkpoint, _G_HINT)
+  e = None
   if e_dict is not None:
-    parts.append((e_dict, encoder, _encoder_variables, _E_SEQUENTIAL, _E_HINT))
-  for state_dict, source, variables, sequential, hint in parts:  # Check everything before the slow part.
-    check_keys(state_dict, expected_keys(variables(abstract), sequential), source, hint)
+    e = torch_map.load_variables(e_dict, _encoder_variables(abstract), ENCODER_KEYS, encoder, _E_HINT)
   state = _fresh_state(init, config.seed)
-  g = convert_variables(g_dict, expected_keys(_generator_variables(abstract), _G_SEQUENTIAL),
-                        _generator_variables(abstract))
   g_params, g_spectral = dict(g["params"]), dict(g[sn_lib.SPECTRAL_STATS])
-  if e_dict is not None:
-    e = convert_variables(e_dict, expected_keys(_encoder_variables(abstract), _E_SEQUENTIAL),
-                          _encoder_variables(abstract))
+  if e is not None:
     g_params["encoder"], g_spectral["encoder"] = e["params"], e[sn_lib.SPECTRAL_STATS]
   elif "encoder" in state.params["g"]:  # use_vae without --encoder: a fresh one (z ~ N(0, 1)).
     g_params["encoder"] = state.params["g"]["encoder"]
