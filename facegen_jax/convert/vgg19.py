@@ -2,17 +2,19 @@
 
 Reads torchvision's `vgg19` state_dict (`features.{index}.weight` / `.bias`; the classifier is ignored, as are
 convolutions past conv5_1, which SPADE's VGG loss never reaches) with `torch_reader`, so torch is not needed.
-Conv weights go from torch's OIHW to flax's HWIO; every array is stored as float32 under `conv{b}_{i}/kernel`
-and `conv{b}_{i}/bias`. The file torchvision downloads is in torch's legacy (pre-1.6) format, which
-`torch_reader` reads too. A state_dict of `vgg19().features` alone (keys `0.weight`, ...) is accepted as well.
+Conv weights go from torch's OIHW to flax's HWIO (`torch_map`, with `conv{b}_{i}` named `features.{index}`);
+every array is stored as float32 under `conv{b}_{i}/kernel` and `conv{b}_{i}/bias`. The file torchvision
+downloads is in torch's legacy (pre-1.6) format, which `torch_reader` reads too. A state_dict of
+`vgg19().features` alone (keys `0.weight`, ...) is accepted as well.
 """
 
 from __future__ import annotations
 
-
+import jax
 import numpy as np
 
 from facegen_jax import npz
+from facegen_jax.convert import torch_map
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import DataError
 from facegen_jax.nets import vgg
@@ -32,19 +34,21 @@ def run(args) -> None:
 def convert_state_dict(state_dict, source="the state_dict") -> dict[str, np.ndarray]:
   """{"conv1_1/kernel": HWIO float32, "conv1_1/bias": ..., ...} from torchvision's `features.N.*` entries."""
   prefix = "features." if "features.0.weight" in state_dict else ""
-  arrays = {}
-  for layer, shapes in vgg.expected_shapes().items():
-    index = vgg.TORCHVISION_INDICES[layer]
-    weight = state_dict.get(f"{prefix}{index}.weight")
-    bias = state_dict.get(f"{prefix}{index}.bias")
-    kh, kw, cin, cout = shapes["kernel"]
-    if weight is None or bias is None or weight.shape != (cout, cin, kh, kw) or bias.shape != (cout,):
-      raise DataError(
-          f"{source}: features.{index} ({layer}) is missing or not a {cin}->{cout} 3x3 convolution; expected "
-          "torchvision's vgg19 state_dict (not vgg19_bn, whose indices differ), e.g. vgg19-dcbb9e9d.pth")
-    arrays[f"{layer}/kernel"] = np.asarray(weight, np.float32).transpose(2, 3, 1, 0)
-    arrays[f"{layer}/bias"] = np.asarray(bias, np.float32)
-  return arrays
+  table = torch_map.KeyTable(modules={layer: f"{prefix}{index}" for layer, index in vgg.TORCHVISION_INDICES.items()})
+  abstract = {"params": {layer: {kind: jax.ShapeDtypeStruct(shape, np.float32) for kind, shape in kinds.items()}
+                         for layer, kinds in vgg.expected_shapes().items()}}
+  expected = torch_map.expected_keys(abstract, table)
+  mismatch = torch_map.compare(state_dict, expected)  # Not strict: the classifier and conv5_2 on are not used.
+  bad = {expected[key].path[0] for key in mismatch.missing + [key for key, _, _ in mismatch.wrong]}
+  if bad:
+    layer = next(layer for layer in vgg.LAYER_NAMES if layer in bad)
+    kh, kw, cin, cout = vgg.expected_shapes()[layer]["kernel"]
+    raise DataError(
+        f"{source}: features.{vgg.TORCHVISION_INDICES[layer]} ({layer}) is missing or not a {cin}->{cout} 3x3 "
+        "convolution; expected torchvision's vgg19 state_dict (not vgg19_bn, whose indices differ), e.g. "
+        "vgg19-dcbb9e9d.pth")
+  params = torch_map.convert_variables(state_dict, expected, abstract)["params"]
+  return {f"{layer}/{kind}": params[layer][kind] for layer in vgg.LAYER_NAMES for kind in ("kernel", "bias")}
 
 
 def convert(source, out) -> None:
