@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facegen_jax import compile as compile_lib
 from facegen_jax.convert.__main__ import main as convert_main
 from facegen_jax.errors import DataError
 from facegen_jax.families import common
@@ -95,7 +96,10 @@ def test_perceptual_loss_and_its_gradient_match_spade_vgg_loss(converted):
   expected.backward()
 
   nhwc = lambda a: jnp.asarray(a.transpose(0, 2, 3, 1))
-  loss, (gx, gy) = jax.jit(jax.value_and_grad(vgg.perceptual_loss, argnums=(1, 2)))(params, nhwc(x), nhwc(y))
+  # Compiled as the project compiles its programs: with XLA:CPU's default YNNPACK convolutions (plain jax.jit,
+  # jax 0.10.2) the second example's gradient is off by 0.5% of the largest entry, the first's is exact.
+  grad = compile_lib.jit(jax.value_and_grad(vgg.perceptual_loss, argnums=(1, 2)))
+  loss, (gx, gy) = grad(params, nhwc(x), nhwc(y))
   np.testing.assert_allclose(loss, expected.item(), rtol=1e-4)
   scale = np.abs(tx.grad.numpy()).max()
   np.testing.assert_allclose(np.asarray(gx).transpose(0, 3, 1, 2), tx.grad.numpy(), rtol=1e-3, atol=1e-4 * scale)
