@@ -199,7 +199,7 @@ def test_best_checkpoint_survives_a_restart(dcgan_run, tmp_path):
   """A resumed run keeps comparing against the best FID saved before it stopped."""
   manager = ocp.CheckpointManager(rundir.best_checkpoint_dir(dcgan_run))
   step = manager.latest_step()
-  best = train._BestCheckpoint(dcgan_run)
+  best = train._BestCheckpoint(dcgan_run, "fid")
   assert best.best() == (step, pytest.approx(manager.metrics(step)["fid"]))
   best.offer(step + 100, best.best()[1] + 1.0, None)  # worse: not saved (a None state would fail to save)
   assert best.best()[0] == step
