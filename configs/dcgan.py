@@ -13,6 +13,8 @@ import ml_collections
 from facegen_jax import base_config
 from facegen_jax import optim
 
+from configs import presets
+
 _CELEBA_TRAIN_IMAGES = 202_599
 
 
@@ -46,15 +48,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 500
     config.num_sample_images = 36
   elif preset == "tiny":  # Tests: seconds per step-compile.
-    config.batch_size = 8
-    config.num_train_steps = 4
+    presets.tiny(config, batch_size=8, resolution=32)
     config.model.update(image_size=32, ngf=8, ndf=8, nz=16)
-    config.input.resolution = 32
-    config.input.synthetic.num_examples = 64
-    config.log_every_steps = 2
-    config.sample_every_steps = 4
-    config.checkpoint_every_steps = 2
-    config.num_sample_images = 4
   elif preset:
-    raise ValueError(f"unknown preset {preset!r} for configs/dcgan.py: use '', 'cpu' or 'tiny'")
+    raise presets.unknown_preset(preset, "configs/dcgan.py")
   return config

@@ -25,6 +25,8 @@ import ml_collections
 from facegen_jax import base_config
 from facegen_jax import optim
 
+from configs import presets
+
 _FACEIT_TRAIN_IMAGES = 20_000
 _LR = 2e-4
 
@@ -81,17 +83,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.sample_every_steps = 100
     config.checkpoint_every_steps = 100
   elif preset == "tiny":  # Tests: seconds per step-compile.
-    config.batch_size = 4
-    config.num_train_steps = 4
+    presets.tiny(config, batch_size=4, resolution=32)
     config.model.update(crop_size=32, ngf=4, ndf=4, z_dim=8)
     config.loss_weights.vgg = 0.0
-    config.input.resolution = 32
-    config.input.synthetic.num_examples = 64
     config.train_examples = 64
-    config.log_every_steps = 2
-    config.sample_every_steps = 4
-    config.checkpoint_every_steps = 2
-    config.num_sample_images = 4
   elif preset:
-    raise ValueError(f"unknown preset {preset!r} for configs/spade.py: use '', 'cpu' or 'tiny'")
+    raise presets.unknown_preset(preset, "configs/spade.py")
   return config
