@@ -50,6 +50,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   elif preset == "tiny":  # Tests: seconds per step-compile.
     presets.tiny(config, batch_size=8, resolution=32)
     config.model.update(image_size=32, ngf=8, ndf=8, nz=16)
+  elif preset == "finetune":  # A trained G and D on a small set of new faces: --config.init_from.workdir=DIR.
+    presets.finetune(config, steps=2_000, lr_scale=0.5)
+    config.batch_size = 32
   elif preset:
     raise presets.unknown_preset(preset, "configs/dcgan.py")
   return config

@@ -9,7 +9,7 @@
 
 import ml_collections
 
-PRESETS = ("", "cpu", "tiny")
+PRESETS = ("", "cpu", "tiny", "finetune")
 
 
 def tiny(config: ml_collections.ConfigDict, *, batch_size: int, resolution) -> ml_collections.ConfigDict:
@@ -30,3 +30,17 @@ def unknown_preset(preset: str, config_file: str, valid=PRESETS) -> ValueError:
   names = [repr(name) for name in valid]
   choices = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
   return ValueError(f"unknown preset {preset!r} for {config_file}: use {choices}")
+
+
+def finetune(config: ml_collections.ConfigDict, *, groups=(), steps: int, lr_scale: float = 1.0,
+             ) -> ml_collections.ConfigDict:
+  """Fine-tuning from another run (`--config.init_from.workdir=DIR`, which then is required): `groups` from it
+  (empty: all), the rest fresh, `steps` steps, every optimizer's learning rate times `lr_scale`. Point the data
+  at the new images (a few hundred personal photos are enough) with --config.input.source=folder
+  --config.input.folder.image_dir=DIR."""
+  config.init_from.groups = tuple(groups)
+  config.init_from.required = True
+  config.num_train_steps = steps
+  for group in config.optim:
+    config.optim[group].lr *= lr_scale
+  return config

@@ -87,6 +87,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.model.update(crop_size=32, ngf=4, ndf=4, z_dim=8)
     config.loss_weights.vgg = 0.0
     config.train_examples = 64
+  elif preset == "finetune":  # A converted or trained G with a fresh D on new data: --config.init_from.workdir=DIR.
+    presets.finetune(config, groups=("g",), steps=10_000)
   elif preset:
     raise presets.unknown_preset(preset, "configs/spade.py")
   return config

@@ -41,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Optimizers start fresh and the data from the beginning.
   config.init_from = ml_collections.ConfigDict(dict(
       workdir=config_dict.placeholder(str), step=config_dict.placeholder(int), best=False,
-      groups=config_dict.placeholder(object)))
+      groups=config_dict.placeholder(object),
+      required=False))  # True in the `finetune` presets: training from scratch would be a mistake there.
   config.input = pipeline.default_input_config()
   config.eval = evaluator.default_config()  # FID/KID during training (off by default; see configs/).
   return config

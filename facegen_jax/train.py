@@ -417,6 +417,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # Resume > init_from another run > scratch, in that order.
   latest = manager.latest_step()
   if latest is None:
+    if config.init_from.get("required") and not config.init_from.workdir:
+      raise errors.ConfigError("this config fine-tunes another run: set --config.init_from.workdir to a run "
+                               "directory or a converter's output")
     state = programs.init(programs.init_key)
     if config.init_from.workdir:
       state = init_from(config, state, programs.state_sharding)

@@ -56,6 +56,9 @@ def test_init_from_starts_g_from_another_run_with_a_fresh_d(tmp_path):
   bad = tiny_config("dcgan", **{"init_from.workdir": str(tmp_path / "base"), "init_from.groups": ("e",)})
   with pytest.raises(errors.ConfigError, match=r"cannot take group 'e' .* fix --config.init_from.groups"):
     train.init_from(bad, fresh_state, fresh.state_sharding)
+  required = tiny_config("dcgan", **{"init_from.required": True})  # As the finetune presets set it.
+  with pytest.raises(errors.ConfigError, match=r"fine-tunes another run: set --config.init_from.workdir"):
+    train.train_and_evaluate(required, str(tmp_path / "required"))
   wider = tiny_config("dcgan", **{"init_from.workdir": str(tmp_path / "base"), "model.ngf": 16})
   programs = train.Programs(wider)
   with pytest.raises(errors.ConfigError, match=r"parameters of group 'g' differ"):
