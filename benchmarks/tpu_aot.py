@@ -49,7 +49,7 @@ sys.path[:0] = [path for path in (os.path.dirname(_BENCHMARKS), _BENCHMARKS) if 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 from ml_collections import config_flags
 import numpy as np
 
@@ -131,23 +131,10 @@ def abstract_batch(config, sharding) -> dict:
 
 
 def build_step(config, mesh: Mesh):
-  """(jitted train step, abstract sharded state, batch sharding), built as training builds them on `mesh`.
-
-  The only use of facegen_jax.train's API in this script. train.Programs is the loop's builder; the other
-  branch is the API before it (train._state_shardings + train.jit_train_step), for checkouts without it.
-  """
-  if hasattr(train, "Programs"):
-    programs = train.Programs(config, mesh)
-    return programs.step, programs.target(), programs.batch_sharding
-  init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  abstract_state = jax.eval_shape(lambda key: families.init_state(config, key), init_key)
-  state_sharding = train._state_shardings(abstract_state, mesh)  # pylint: disable=protected-access
-  batch_sharding = NamedSharding(mesh, P("data"))
-  step = train.jit_train_step(families.get_family(config.family), config, train_key, state_sharding,
-                              batch_sharding)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-                        state_sharding)
-  return step, target, batch_sharding
+  """(jitted train step, abstract sharded state, batch sharding), built by the loop's own builder on `mesh`:
+  the only use of facegen_jax.train's API in this script."""
+  programs = train.Programs(config, mesh)
+  return programs.step, programs.target(), programs.batch_sharding
 
 
 def analyse(config, topology: str, *, compile_options: bool = True) -> dict:
