@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from configs import presets
 from facegen_jax import base_config
 from facegen_jax import families
 from facegen_jax import losses
@@ -47,14 +48,8 @@ _IMAGE = SIZE * SIZE * 3
 def _tiny_base(family: str) -> ml_collections.ConfigDict:
   config = base_config.base_config()
   config.family = family
-  config.batch_size = 4
-  config.num_train_steps = 4
-  config.input.resolution = SIZE
+  presets.tiny(config, batch_size=4, resolution=SIZE)
   config.input.synthetic.num_examples = 16
-  config.log_every_steps = 2
-  config.sample_every_steps = 4
-  config.checkpoint_every_steps = 2
-  config.num_sample_images = 4
   return config
 
 
