@@ -31,6 +31,8 @@ measured fwd+bwd at batch 4 on 2 cores shared with other jobs (load average 4-6,
   3x3 512->512 at 32x32:   phase 602 ms, im2col 690 ms;   256->256 at 64x64: 474 vs 842 ms;
   3x3 128->128 at 128x128: phase 594 ms, im2col 1131 ms (memory-bound: the patches are 9x the input);
   k4 s2 p2 convs (D, batch 8): fwd 27-29 ms (XLA) vs 100-124 ms (im2col), dk 26-52 vs 52-157 ms.
+  SPADE128 D's six k4 s2 p2 convs, fwd+bwd at batch 8 (median of 7, interleaved, load 2-3): phase 366 ms,
+  XLA's 479, im2col 655 (they stay on im2col: see `_conv_impl`).
 SPADE128 G+D step at batch 4 on the idle machine (median of 5): im2col everywhere 13.4 s; XLA's for "same"
 stride-1 convs from 16x16 up 9.6 s (G step alone: from 8x8 6.1 s, 16x16 5.6, 32x32 6.1, 64x64 5.8, 128x128 7.6,
 never 12.6); phase everywhere was 44 s under load.
@@ -307,9 +309,14 @@ def _conv_impl(impl: str, x_shape, kernel_shape, strides, pads) -> str:
   if jax.default_backend() != "cpu":
     return "xla"
   if tuple(strides) != (1, 1):
-    # Only padding (k - s) / 2 each side (DCGAN's k4 s2 p1: output = input / stride). With SPADE D's k4 s2 p2
-    # the SPADE step on 8 simulated devices drifted from the 1-device step (1.9% in a G kernel after 3 steps,
-    # vs 0.04% through im2col): not yet understood, so those stay on im2col.
+    # Only padding (k - s) / 2 each side (DCGAN's k4 s2 p1: output = input / stride). SPADE D's k4 s2 p2 convs
+    # would be right on the phase path too (tests/test_conv_sharded.py: within 3e-15 of lax in float64 on 1 and 8
+    # devices, XLA's own rounding in float32) and 1.8x faster (SPADE128 D's six, fwd+bwd at batch 8: 366 ms vs
+    # 655). They stay on im2col only for test_train's 8-vs-1 SPADE run, which is chaotic: 1e-6 relative noise on
+    # G's kernels after step 1 flips one leaky ReLU in G's step 2 (its input -1.1e-6, in a map of scale 3.5),
+    # which moves D's step-2 gradient 7% whatever the lowering, even on 1 device. With XLA's convolution (phase
+    # or "xla") the 8-device run rounds differently per example and flips it: a G kernel's Adam moment 26% apart
+    # after 3 steps (in float64 5e-14). im2col's forward is bitwise the same at any batch split: 0.03% there.
     exact = all((k - s) % 2 == 0 and tuple(pad) == ((k - s) // 2,) * 2
                 for k, s, pad in zip(kernel_shape[:2], strides, pads))
     return "phase" if exact else "im2col"
