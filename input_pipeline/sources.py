@@ -3,7 +3,8 @@
 A source returns examples as dicts of numpy arrays at their stored size: `"image"` uint8 (H, W, 3),
 `"label"` uint8 (H, W) when there are parsing maps, `"mask"` uint8 (H, W) {0, 255} (255 = hole) when there
 are hole masks, and int32 scalars (e.g. `"group"` from group subfolders). It returns None for an image it
-cannot decode, which the pipeline drops.
+cannot decode, which the pipeline drops. A source with groups says every record's group without reading a
+file: `record_groups()` (what `config.input.groups` samples by).
 """
 
 from collections.abc import Mapping, Sequence
@@ -187,6 +188,10 @@ class FolderSource(grain.sources.RandomAccessDataSource):
     if self._groups is not None:
       example["group"] = np.asarray(self._groups[index], np.int32)
     return example
+
+  def record_groups(self) -> np.ndarray | None:
+    """Every record's group id (int32, len(self)) from its subfolder; None without `groups`."""
+    return None if self._groups is None else np.asarray(self._groups, np.int32)
 
   def _skip(self, index: int, path: str, error: Exception) -> None:
     # The file is read again next epoch rather than blacklisted: a network file system may recover.

@@ -11,7 +11,9 @@ comes from that part. Only the 1-px soft edges (photo) and outlines (toon) mix c
 * `photo` shades from a light direction, adds fine noise and softens edges over a gradient/pattern
   background; `toon` uses flat saturated colours, dark outlines and larger eyes with highlights.
 
-Gender and glasses follow the Face2webtoon groups with imbalanced frequencies (~45/35/12/8 %).
+Gender and glasses follow the Face2webtoon groups with imbalanced frequencies (~45/35/12/8 %); an identity's
+group is known without rendering (`identity_group`), and `group_counts` picks exact numbers of faces per group
+(the seed's webtoon set: 1050 / 249 / 49 / 38).
 """
 
 import colorsys
@@ -73,11 +75,26 @@ def _hue(rng, sat, val):
   return np.array(colorsys.hsv_to_rgb(rng.random(), sat, val), np.float32) * 255
 
 
-def _identity_traits(seed, identity):
-  """Everything that stays the same across views of one person."""
+def _sex_draws(seed, identity, size):
+  """The first draws of an identity: whether it is male, and `size` uniforms (u[8] decides the glasses)."""
   rng = np.random.default_rng([seed, 0, identity])
   male = bool(rng.random() < _P_MALE)
-  u = rng.random(44)  # one fixed draw, so adding a trait never reshuffles the others
+  return rng, male, rng.random(size)
+
+
+def _group(male: bool, glasses: bool) -> int:
+  return (2 if glasses else 1) if male else (3 if glasses else 0)
+
+
+def identity_group(seed: int, identity: int) -> int:
+  """The group (an index of GROUP_NAMES) of identity `identity`, without rendering it."""
+  _, male, u = _sex_draws(seed, identity, 9)  # PCG64 doubles come one per draw: u[:9] of the 44 below.
+  return _group(male, bool(u[8] < _P_GLASSES[male]))
+
+
+def _identity_traits(seed, identity):
+  """Everything that stays the same across views of one person."""
+  rng, male, u = _sex_draws(seed, identity, 44)  # one fixed draw, so adding a trait never reshuffles the others
   skin = (1 - u[0]) * _SKIN_LIGHT + u[0] * _SKIN_DARK + (u[1:4] - 0.5) * 14
   hair_kind = min(int(np.searchsorted(np.cumsum(_HAIR_P), u[4])), 6)
   hair = _hue(rng, 0.8, 0.8) if hair_kind == 6 else _HAIR_COLOURS[hair_kind] * (0.85 + 0.3 * u[5])
@@ -403,7 +420,7 @@ def render(seed: int, index: int, resolution: int, domain: str = "photo",
   toon = domain == "toon"
   geometry = _label_map(resolution, t, w, toon)
   img = _colour(geometry, t, w, toon, np.random.default_rng([seed, 2, index]))
-  group = (2 if t["glasses"] else 1) if t["male"] else (3 if t["glasses"] else 0)
+  group = _group(t["male"], t["glasses"])
   scalar = lambda x: np.asarray(x, np.int32)  # fixed dtypes: grain batches examples by stacking
   return {"image": np.clip(img + 0.5, 0, 255).astype(np.uint8), "label": geometry["lab"],
           "identity": scalar(identity), "group": scalar(group), "male": scalar(t["male"]),
@@ -411,26 +428,97 @@ def render(seed: int, index: int, resolution: int, domain: str = "photo",
           "earrings": scalar(t["earrings"])}
 
 
+def _check_group_counts(group_counts) -> tuple[int, ...]:
+  counts = tuple(group_counts)
+  if (len(counts) != len(GROUP_NAMES) or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool)
+                                                 and c >= 0 for c in counts) or not sum(counts)):
+    raise errors.ConfigError(f"synthetic group_counts={group_counts!r} is invalid: use {len(GROUP_NAMES)} "
+                             f"non-negative ints, one per group {GROUP_NAMES}, e.g. (1050, 249, 49, 38)")
+  return tuple(int(c) for c in counts)
+
+
+def _identity_groups(seed: int, start: int, stop: int) -> np.ndarray:
+  return np.array([identity_group(seed, i) for i in range(start, stop)], np.int64)
+
+
+def _indices_with_counts(seed: int, num_identities: int | None,
+                         counts: tuple[int, ...]) -> tuple[np.ndarray, int]:
+  """(the render indices, sorted, of counts[g] faces of each group g; the number of identities they use).
+
+  Index n shows identity n % num_identities. Group g uses its first ceil(counts[g] / 4) identities (4 views
+  each, as num_examples // 4 does), or with `num_identities` all of its identities below it; its m-th face
+  is identity m % k of those k, view m // k: every identity of a group gets an equal share, +-1."""
+  if num_identities is None:
+    wanted = [-(-count // 4) for count in counts]
+    groups = np.zeros(0, np.int64)
+    while any(np.count_nonzero(groups == g) < k for g, k in enumerate(wanted)):
+      groups = np.concatenate([groups, _identity_groups(seed, len(groups), len(groups) + 1024)])
+    members = [np.flatnonzero(groups == g)[:k] for g, k in enumerate(wanted)]
+    num_identities = 1 + max(int(ids[-1]) for ids in members if ids.size)
+  else:
+    groups = _identity_groups(seed, 0, num_identities)
+    members = [np.flatnonzero(groups == g) for g in range(len(counts))]
+  chosen = []
+  for g, (count, identities) in enumerate(zip(counts, members)):
+    if count and not identities.size:
+      raise errors.ConfigError(
+          f"synthetic group_counts asks for {count} faces of group {g} ({GROUP_NAMES[g]}) but none of the "
+          f"{num_identities} identities (seed {seed}) is in it: raise num_identities or leave it None")
+    m = np.arange(count)
+    k = max(identities.size, 1)
+    chosen.append(identities[m % k] + (m // k) * num_identities)
+  return np.sort(np.concatenate(chosen)), num_identities
+
+
 class SyntheticFaces:
-  """A Grain RandomAccessDataSource of `render`ed faces; `num_identities` defaults to num_examples // 4."""
+  """A Grain RandomAccessDataSource of `render`ed faces; `num_identities` defaults to num_examples // 4.
+
+  Record i is render index i, or with `group_counts` (faces per group, summing to num_examples) the i-th of
+  the render indices `_indices_with_counts` picks, so that group g has exactly group_counts[g] records (and
+  ~4 views of each of its identities unless num_identities is given).
+  """
 
   def __init__(self, num_examples: int, resolution: int, *, seed: int = 0, domain: str = "photo",
-               num_identities: int | None = None):
+               num_identities: int | None = None, group_counts=None):
     _check(resolution, domain, seed, num_identities)
     if num_examples < 1:
       raise errors.ConfigError(f"synthetic num_examples={num_examples!r} is invalid: use an integer >= 1")
     self.num_examples, self.resolution, self.seed, self.domain = num_examples, resolution, seed, domain
     self.num_identities = max(1, num_examples // 4) if num_identities is None else num_identities
+    self.group_counts = None
+    self._indices = None
+    self._record_groups = None  # Computed when first asked for: only group sampling needs it.
+    if group_counts is not None:
+      self.group_counts = _check_group_counts(group_counts)
+      if sum(self.group_counts) != num_examples:
+        raise errors.ConfigError(f"synthetic group_counts {self.group_counts} sum to {sum(self.group_counts)}, "
+                                 f"not num_examples={num_examples}: pass num_examples=sum(group_counts)")
+      self._indices, self.num_identities = _indices_with_counts(seed, num_identities, self.group_counts)
 
   def __len__(self) -> int:
     return self.num_examples
+
+  def render_index(self, index: int) -> int:
+    """The `render` index of record `index`."""
+    return index if self._indices is None else int(self._indices[index])
 
   def __getitem__(self, index: int) -> dict:
     index = operator.index(index)
     if not 0 <= index < self.num_examples:
       raise IndexError(f"index {index} out of range for {self.num_examples} synthetic examples")
-    return render(self.seed, index, self.resolution, self.domain, self.num_identities)
+    return render(self.seed, self.render_index(index), self.resolution, self.domain, self.num_identities)
+
+  def record_groups(self) -> np.ndarray:
+    """Every record's group (int32, len(self)), from the identities' traits: no image is rendered."""
+    if self._record_groups is None:
+      indices = np.arange(self.num_examples) if self._indices is None else self._indices
+      identities = indices % self.num_identities
+      unique, inverse = np.unique(identities, return_inverse=True)
+      groups = np.array([identity_group(self.seed, int(i)) for i in unique], np.int32)
+      self._record_groups = groups[inverse]
+    return self._record_groups
 
   def __repr__(self) -> str:
     return (f"SyntheticFaces(num_examples={self.num_examples}, resolution={self.resolution}, seed={self.seed}, "
-            f"domain={self.domain!r}, num_identities={self.num_identities})")
+            f"domain={self.domain!r}, num_identities={self.num_identities}"
+            + (f", group_counts={self.group_counts}" if self.group_counts else "") + ")")
