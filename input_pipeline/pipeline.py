@@ -13,11 +13,23 @@ With several domains (`config.input.domains = ("a", "b")`, unpaired translation)
 stream of its own source, with its own seeds (from the run seed and the domain's name), and record k of
 the pipeline is record k of every stream, keyed "a/image", "b/image", ...; one iterator holds every
 stream's position in its one state.
+
+With groups (`config.input.groups = (0, 1, 3)`, Face2webtoon's per-group loaders), every (domain, group) is
+such a stream of that group's records only, seeded by (run seed, domain, group), and step k's records, all
+B of the global batch in every domain, are the next B of group groups[k % len(groups)]'s streams: both
+domains of a step show one group, round-robin, so a small group is seen as often as a large one and
+repeats more epochs. Process p still takes records p, p + P, ... of the global stream, which keeps a
+step's shards in that step's group; a record's crop and flip come from its position in its group's
+stream. An unreadable file is replaced by the next readable record of its group's stream, so a step never
+mixes groups. (Face2webtoon's UGATIT.next_iter sorts its group list and its first step, step 1, draws the
+second group; here the order is as configured and step 0 draws groups[0].)
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 import dataclasses
+import functools
 import re
+import sys
 import zlib
 
 from absl import flags
@@ -26,7 +38,7 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
-from facegen_jax.errors import ConfigError
+from facegen_jax.errors import ConfigError, DataError
 from input_pipeline import sources
 from input_pipeline import synthetic
 from input_pipeline import transforms
@@ -43,6 +55,10 @@ def _add_source_settings(config: ml_collections.ConfigDict, *, synthetic_domain,
   config.synthetic.domain = synthetic_domain  # "photo" or "toon" (a second domain for translation models).
   config.synthetic.num_identities = config_dict.placeholder(int)  # None: num_examples // 4 (4 views each).
   config.synthetic.seed = synthetic_seed      # The dataset's own seed: the data stay fixed across run seeds.
+  # Exactly this many faces per group (woman, man, man + glasses, woman + glasses), replacing num_examples,
+  # e.g. --config.input.b.synthetic.group_counts=1050,249,49,38 (the seed's webtoons); None: the natural
+  # ~45/35/12/8 % of num_examples.
+  config.synthetic.group_counts = config_dict.placeholder(object)
 
   config.folder = ml_collections.ConfigDict()
   config.folder.image_dir = config_dict.placeholder(str)  # Searched recursively.
@@ -78,6 +94,10 @@ def default_input_config() -> ml_collections.ConfigDict:
   # config.input.<name> = domain_config(...), into one batch keyed "a/image", "b/image", ...
   config.domains = ()
   config.source = "synthetic"          # One of SOURCES.
+  # Group ids, e.g. (0, 1, 3) or --config.input.groups=0,1,3: step k draws every domain's records from group
+  # groups[k % len(groups)] (see the module docstring). () samples all records alike. Records carry their
+  # group as "group" (synthetic faces; folder.groups subfolders).
+  config.groups = ()
   # The size the model sees: an int (square) or (height, width), e.g. --config.input.resolution='(224, 192)'.
   config.resolution = config_dict.FieldReference(64, field_type=object)
   # Resize to this before cropping; None = resolution. An int is both sides ("square") or the shorter side
@@ -221,6 +241,52 @@ def domain_input_config(input_config, domain: str = "") -> ml_collections.Config
   return flat
 
 
+def _int_tuple(value) -> tuple | None:
+  """A tuple of a sequence, or of a string of comma-separated items ("0,1,3", "(0, 1, 3)") as a flag or a
+  hand-written config may give it; None if it is neither."""
+  if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], str):
+    value = value[0]  # --config.input.groups='"0,1,3"' reaches the config as ("0,1,3",).
+  if isinstance(value, str):
+    items = [item.strip() for item in value.strip().strip("()[]").split(",")]
+    return tuple(int(item) if re.fullmatch(r"-?\d+", item) else item for item in items if item)
+  if isinstance(value, (tuple, list)):
+    return tuple(value)
+  return None
+
+
+def group_ids(input_config) -> tuple[int, ...]:
+  """config.input.groups as a tuple of ints (() = no group sampling), or a ConfigError naming the fix."""
+  value = input_config.get("groups") or ()  # A config saved before groups existed has none.
+  groups = _int_tuple(value)
+  fix = "set --config.input.groups=0,1,3 (distinct group ids >= 0, or () for no group sampling)"
+  if groups is None:
+    raise ConfigError(f"input.groups {value!r} is not a tuple of group ids: {fix}")
+  for group in groups:
+    if not isinstance(group, (int, np.integer)) or isinstance(group, bool):
+      raise ConfigError(f"input.groups {value!r} has {group!r}, which is not an int: {fix}")
+    if group < 0:
+      raise ConfigError(f"input.groups {value!r} has the negative id {group}: {fix}")
+  repeated = sorted({int(g) for g in groups if groups.count(g) > 1})
+  if repeated:
+    raise ConfigError(f"input.groups {value!r} repeats group {repeated[0]}: list each group once; {fix}")
+  return tuple(int(g) for g in groups)
+
+
+def _group_counts(value, flag: str) -> tuple[int, ...] | None:
+  """synthetic.group_counts as a tuple of ints, or a ConfigError naming the flag."""
+  if value is None:
+    return None
+  counts = _int_tuple(value)
+  n = len(synthetic.GROUP_NAMES)
+  valid = (counts is not None and len(counts) == n and all(
+      isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in counts) and sum(counts) > 0)
+  if not valid:
+    raise ConfigError(f"{flag}.synthetic.group_counts {value!r} is not {n} non-negative ints with a positive "
+                      f"sum, one per group {synthetic.GROUP_NAMES}: set --config.{flag}.synthetic.group_counts="
+                      "1050,249,49,38 or None")
+  return tuple(int(c) for c in counts)
+
+
 def _label_mapping(value, field: str) -> dict[int, int] | None:
   if value is None:
     return None
@@ -252,6 +318,7 @@ def validate(input_config) -> None:
   for field, minimum in (("worker_count", 0), ("read_threads", 1), ("prefetch_buffer_size", 1)):
     if c[field] < minimum:
       raise ConfigError(f"input.{field} {c[field]} is below {minimum}: fix --config.input.{field}")
+  group_ids(c)
   for index, (s, flag) in enumerate(settings.values()):
     _validate_source(c, s, flag, index)
 
@@ -269,6 +336,7 @@ def _validate_source(c, s, flag: str, index: int) -> None:
     if not isinstance(seed, int) or seed < 0:
       raise ConfigError(f"{flag}.synthetic.seed {seed!r} must be a non-negative int: fix "
                         f"--config.{flag}.synthetic.seed")
+    _group_counts(s.synthetic.get("group_counts"), flag)
     low, high = synthetic.MIN_RESOLUTION, synthetic.MAX_RESOLUTION
     if not low <= max(load_size_hw(c)) <= high:
       raise ConfigError(f"input.load_size {load_size(c)} is outside [{low}, {high}], the sizes synthetic faces "
@@ -290,9 +358,11 @@ def _validate_source(c, s, flag: str, index: int) -> None:
 def _build_source(c, s, flag: str, index: int) -> grain.sources.RandomAccessDataSource:
   if s.source == "synthetic":
     domain, seed = _synthetic_domain_and_seed(s, index)
+    counts = _group_counts(s.synthetic.get("group_counts"), flag)
     # Drawn square at the longer side; the shared resize and crop make any other shape.
-    return synthetic.SyntheticFaces(s.synthetic.num_examples, max(load_size_hw(c)), seed=seed, domain=domain,
-                                    num_identities=s.synthetic.num_identities)
+    return synthetic.SyntheticFaces(sum(counts) if counts else s.synthetic.num_examples, max(load_size_hw(c)),
+                                    seed=seed, domain=domain, num_identities=s.synthetic.num_identities,
+                                    group_counts=counts)
   if s.source == "folder":
     f = s.folder
     # .get: a config saved before a setting existed (an old run directory) reads as its default.
@@ -319,14 +389,51 @@ def create_source(input_config, domain: str | None = None) -> grain.sources.Rand
     raise ValueError(f"create_source(domain={domain!r}): input.domains is {tuple(settings)}; pass one of them, "
                      "or call create_sources() for all")
   s, flag = settings[domain]
-  return _build_source(input_config, s, flag, list(settings).index(domain))
+  source = _build_source(input_config, s, flag, list(settings).index(domain))
+  _group_records(source, group_ids(input_config), domain, flag)
+  return source
 
 
 def create_sources(input_config) -> dict[str, grain.sources.RandomAccessDataSource]:
   """{domain: source} for every configured domain; {"": source} for a one-domain config."""
   validate(input_config)
-  return {name: _build_source(input_config, s, flag, index)
-          for index, (name, (s, flag)) in enumerate(_domain_settings(input_config).items())}
+  built = {name: _build_source(input_config, s, flag, index)
+           for index, (name, (s, flag)) in enumerate(_domain_settings(input_config).items())}
+  _check_groups(input_config, built)
+  return built
+
+
+def record_groups(source) -> np.ndarray | None:
+  """Every record's group (int array, len(source)) if the source knows them without decoding, else None."""
+  method = getattr(source, "record_groups", None)
+  groups = method() if method is not None else None
+  return None if groups is None else np.asarray(groups)
+
+
+def _group_records(source, groups: Sequence[int], domain: str, flag: str) -> dict[int, np.ndarray]:
+  """{group: the source's indices of its records} for each of `groups`, or a ConfigError naming the domain,
+  the missing group and the groups the source has."""
+  if not groups:
+    return {}
+  where = f"domain {domain!r} ({flag})" if domain else f"the source ({flag})"
+  ids = record_groups(source)
+  if ids is None:
+    raise ConfigError(f"input.groups {groups} needs every record's group, but {where} has none: use a synthetic "
+                      f"source or set --config.{flag}.folder.groups=True (images in <image_dir>/<group>/), or "
+                      "set --config.input.groups='()'")
+  present = sorted({int(g) for g in np.unique(ids)})
+  for group in groups:
+    if group not in present:
+      raise ConfigError(f"input.groups {groups} has group {group}, but {where} has no record of it (its groups: "
+                        f"{present}): drop {group} from --config.input.groups or add records of group {group}")
+  return {group: np.flatnonzero(ids == group) for group in groups}
+
+
+def _check_groups(input_config, by_domain: Mapping) -> dict[str, dict[int, np.ndarray]]:
+  """{domain: {group: record indices}} for the configured groups ({domain: {}} without groups)."""
+  groups = group_ids(input_config)
+  settings = _domain_settings(input_config)
+  return {name: _group_records(source, groups, name, settings[name][1]) for name, source in by_domain.items()}
 
 
 def _sources_by_domain(input_config, source) -> dict[str, grain.sources.RandomAccessDataSource]:
@@ -343,29 +450,137 @@ def _sources_by_domain(input_config, source) -> dict[str, grain.sources.RandomAc
   return {name: source[name] for name in names}
 
 
-def _stream_seeds(seed: int, domain: str = "") -> tuple[int, int]:
-  """Independent uint32 seeds for the shuffle and the augmentations, from the run seed (and the domain)."""
+def _stream_seeds(seed: int, domain: str = "", group: int | None = None) -> tuple[int, int]:
+  """Independent uint32 seeds for the shuffle and the augmentations, from the run seed (and the domain, and
+  the group of a group stream)."""
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ConfigError(f"seed {seed!r} must be a non-negative int: fix --config.seed")
   # One domain keeps the seeds it had before domains existed; a named domain mixes in a stable hash of its
   # name (not hash(), which differs between processes).
   entropy = int(seed) if not domain else [int(seed), zlib.crc32(domain.encode())]
+  if group is not None:  # The 1 tells a group stream's entropy from any other's.
+    entropy = [int(seed), zlib.crc32(domain.encode()), 1, int(group)]
   shuffle_seed, augment_seed = np.random.SeedSequence(entropy).generate_state(2)
   return int(shuffle_seed), int(augment_seed)
 
 
-def _record_stream(c, source, *, seed: int, domain: str, process_index: int,
-                   process_count: int) -> grain.IterDataset:
-  """This process's share of one domain's infinite stream of transformed uint8 records."""
+def _transformed(c, ds: grain.MapDataset, augment_seed: int) -> grain.MapDataset:
+  """An infinite stream of records, resized, cropped and flipped."""
+  ds = ds.map(transforms.Resize(load_size(c), c.resize))
+  # Before sharding (and before the groups' round-robin), so a record's crop and flip depend on its position
+  # in its stream, not on how many processes read it.
+  return ds.random_map(transforms.CropAndFlip(_crop_size(c), c.random_crop, c.random_flip), seed=augment_seed)
+
+
+def _plain_stream(c, source, *, seed: int, domain: str) -> grain.MapDataset:
+  """The infinite stream of a source's transformed uint8 records, every epoch reshuffled."""
   shuffle_seed, augment_seed = _stream_seeds(seed, domain)
   ds = grain.MapDataset.source(source)
   if c.shuffle:
     ds = ds.shuffle(seed=shuffle_seed)  # Folds the epoch into the seed: every epoch a new order.
-  ds = ds.repeat()
-  ds = ds.map(transforms.Resize(load_size(c), c.resize))
-  # Before sharding, so a record's crop and flip depend on its position in the global stream, not on
-  # how many processes read it.
-  ds = ds.random_map(transforms.CropAndFlip(_crop_size(c), c.random_crop, c.random_flip), seed=augment_seed)
+  return _transformed(c, ds.repeat(), augment_seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _permutation(seed: int, epoch: int, size: int) -> np.ndarray:
+  order = np.random.default_rng([seed, epoch]).permutation(size)
+  order.flags.writeable = False
+  return order
+
+
+class EpochShuffle(grain.MapDataset):
+  """Its parent's records forever, epoch e in the order of a permutation drawn from (seed, e) (in order if
+  not `shuffle`).
+
+  For group streams rather than grain's shuffle, whose index_shuffle costs about 80 / size ms per record
+  (2 ms in a group of 38, 15 ms in one of 2); a permutation is drawn once per epoch and kept."""
+
+  def __init__(self, parent: grain.MapDataset, *, seed: int, shuffle: bool = True):
+    super().__init__(parent)
+    self._seed, self._shuffle, self._size = seed, shuffle, len(parent)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f"EpochShuffle(seed={self._seed}, shuffle={self._shuffle})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, position = divmod(index, self._size)
+    if self._shuffle:
+      position = int(_permutation(self._seed, epoch, self._size)[position])
+    return self._parent[position]
+
+
+def _group_stream(c, source, indices: np.ndarray, *, seed: int, domain: str, group: int) -> grain.MapDataset:
+  """The infinite stream of one group's transformed records, every epoch reshuffled."""
+  shuffle_seed, augment_seed = _stream_seeds(seed, domain, group)
+  ds = EpochShuffle(grain.MapDataset.source(_Records(source, indices)), seed=shuffle_seed, shuffle=c.shuffle)
+  return _transformed(c, ds, augment_seed)
+
+
+class _Records:
+  """The records `indices` of `source`, as a random-access source (one group's records)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[int(self.indices[index])]
+
+
+class GroupRoundRobin(grain.MapDataset):
+  """Record n of the global stream is in step k = n // batch_size, which takes the next batch_size records of
+  group stream k % len(groups): record (k // len(groups)) * batch_size + n % batch_size of it.
+
+  A record that cannot be read (None) is replaced by the next readable one of the same group stream, so
+  every record of a step is of the step's group (dropping it would shift the next group's records in)."""
+
+  def __init__(self, streams: Sequence[grain.MapDataset], *, batch_size: int, groups: Sequence[int],
+               group_sizes: Sequence[int], domain: str = ""):
+    super().__init__(streams)
+    self._batch_size, self._groups, self._domain = batch_size, tuple(groups), domain
+    self._group_sizes = tuple(group_sizes)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f"GroupRoundRobin(groups={self._groups}, batch_size={self._batch_size})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, offset = divmod(index, self._batch_size)
+    rounds, slot = divmod(step, len(self._groups))
+    position = rounds * self._batch_size + offset
+    # Twice the group's size: a shuffle has moved every readable record into reach by then.
+    for attempt in range(2 * self._group_sizes[slot]):
+      record = self._parents[slot][position + attempt]
+      if record is not None:
+        return record
+    where = f" of domain {self._domain!r}" if self._domain else ""
+    raise DataError(f"no record of group {self._groups[slot]}{where} can be read: check its files or drop the "
+                    "group from --config.input.groups")
+
+
+def _record_stream(c, source, *, seed: int, domain: str, process_index: int, process_count: int,
+                   group_records: Mapping[int, np.ndarray] | None = None,
+                   global_batch_size: int = 0) -> grain.IterDataset:
+  """This process's share of one domain's infinite stream of transformed uint8 records; with
+  `group_records` ({group: record indices}), the groups' round-robin of global_batch_size records per step."""
+  if not group_records:
+    ds = _plain_stream(c, source, seed=seed, domain=domain)
+  else:
+    streams = [_group_stream(c, source, indices, seed=seed, domain=domain, group=group)
+               for group, indices in group_records.items()]
+    ds = GroupRoundRobin(streams, batch_size=global_batch_size, groups=tuple(group_records), domain=domain,
+                         group_sizes=[len(indices) for indices in group_records.values()])
   ds = ds[process_index::process_count]
   # Unreadable files come through as None and are dropped here (allow_nones=False), in this domain only.
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=c.read_threads,
@@ -389,8 +604,11 @@ def create_dataset(input_config, *, seed: int, local_batch_size: int, process_in
   source, or create_sources' dict."""
   c = input_config
   by_domain = _sources_by_domain(c, source)
+  group_records = _check_groups(c, by_domain)
   streams = [_record_stream(c, domain_source, seed=seed, domain=name, process_index=process_index,
-                            process_count=process_count) for name, domain_source in by_domain.items()]
+                            process_count=process_count, group_records=group_records[name],
+                            global_batch_size=local_batch_size * process_count)
+             for name, domain_source in by_domain.items()]
   if list(by_domain) == [""]:
     ds = streams[0]
   else:
@@ -430,7 +648,8 @@ def create_train_iterator(input_config: ml_collections.ConfigDict, *, seed: int,
     other spatial fields (H, W[, C]) resized (nearest), cropped and flipped with the image; int32, or
     float32 if stored as floats.
   With config.input.domains = ("a", "b") every key is prefixed by its domain ("a/image", "b/group", ...;
-  `field_domain` splits them) and each domain's records come from its own stream.
+  `field_domain` splits them) and each domain's records come from its own stream. With config.input.groups
+  every record of batch k, in every domain, is of group groups[k % len(groups)] (in "group", "a/group", ...).
   `source`: one source, or create_sources' dict. Checkpoint the iterator with
   `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`: its one state holds every
   domain's position.
@@ -450,7 +669,8 @@ def _where(settings, index: int, source) -> str:
   s = settings
   if s.source == "synthetic":
     domain, seed = _synthetic_domain_and_seed(s, index)
-    return f"synthetic {domain} faces (seed {seed})"
+    counts = s.synthetic.get("group_counts")
+    return f"synthetic {domain} faces (seed {seed}" + (f", {_per_group(counts)} per group)" if counts else ")")
   if s.source == "folder":
     f = s.folder
     return (f"folder '{f.image_dir}'" + (f" + labels '{f.label_dir}'" if f.label_dir else "")
@@ -460,8 +680,29 @@ def _where(settings, index: int, source) -> str:
   return f"tfds {t.name}[{t.split}]" + (f" in '{t.data_dir}'" if t.data_dir else "")
 
 
+def _per_group(counts) -> str:
+  """"1,050 / 249 / 49 / 38" of synthetic.group_counts."""
+  return " / ".join(f"{int(n):,}" for n in _int_tuple(counts))
+
+
+def _group_sampling(input_config, by_domain) -> str:
+  """", steps round-robin over groups (0, 1, 3) ...; records per group a {0: 1,050, ...}" with groups."""
+  groups = group_ids(input_config)
+  if not groups:
+    return ""
+  _check_groups(input_config, by_domain)
+  counts = []
+  for name, source in by_domain.items():
+    ids, sizes = np.unique(record_groups(source), return_counts=True)
+    counts.append((f"{name} " if name else "") + "{" + ", ".join(
+        f"{g}: {n:,}" + ("" if g in groups else " unused") for g, n in zip(ids.tolist(), sizes.tolist())) + "}")
+  return (f"; steps round-robin over groups {groups} (one group per step in every domain); records per group: "
+          + ", ".join(counts))
+
+
 def describe(input_config, source=None) -> str:
-  """One line for the log: every domain's source and size, then resolution and augmentation."""
+  """One line for the log: every domain's source and size, then resolution and augmentation, then the
+  groups' round-robin and every domain's records per group (with config.input.groups)."""
   c = input_config
   by_domain = _sources_by_domain(c, source)
   settings = _domain_settings(c)
@@ -473,11 +714,12 @@ def describe(input_config, source=None) -> str:
             + (f", {c.num_classes}-class label maps" if any(_has_labels(settings[name][0], source)
                                                              for name, source in by_domain.items()) else "")
             + f", {c.worker_count} workers x {c.read_threads} threads")
+  groups = _group_sampling(c, by_domain)
   if list(by_domain) == [""]:
-    return f"{_where(c, 0, by_domain[''])}: {len(by_domain['']):,} examples at {shared}"
+    return f"{_where(c, 0, by_domain[''])}: {len(by_domain['']):,} examples at {shared}{groups}"
   domains = "; ".join(f"{name}: {_where(settings[name][0], index, source)}, {len(source):,} examples"
                       for index, (name, source) in enumerate(by_domain.items()))
-  return f"{domains}; at {shared}"
+  return f"{domains}; at {shared}{groups}"
 
 
 def _has_labels(settings, source) -> bool:
