@@ -242,8 +242,10 @@ def domain_input_config(input_config, domain: str = "") -> ml_collections.Config
 
 
 def _int_tuple(value) -> tuple | None:
-  """A tuple of a sequence, or of a string of comma-separated items ("0,1,3", "(0, 1, 3)") as a flag or a
-  hand-written config may give it; None if it is neither."""
+  """A tuple of a sequence, of a string of comma-separated items ("0,1,3", "(0, 1, 3)") or of one int, as a
+  flag may give it (an object-typed field parses --config.groups=2 as 2); None if it is none of those."""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    return (value,)
   if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], str):
     value = value[0]  # --config.input.groups='"0,1,3"' reaches the config as ("0,1,3",).
   if isinstance(value, str):
