@@ -391,9 +391,9 @@ def create_source(input_config, domain: str | None = None) -> grain.sources.Rand
     raise ValueError(f"create_source(domain={domain!r}): input.domains is {tuple(settings)}; pass one of them, "
                      "or call create_sources() for all")
   s, flag = settings[domain]
-  source = _build_source(input_config, s, flag, list(settings).index(domain))
-  _group_records(source, group_ids(input_config), domain, flag)
-  return source
+  # Not checked against input.groups here: readers in source order (the evaluator's reference data) need no
+  # groups; create_sources and the iterator check them.
+  return _build_source(input_config, s, flag, list(settings).index(domain))
 
 
 def create_sources(input_config) -> dict[str, grain.sources.RandomAccessDataSource]:
