@@ -1,4 +1,4 @@
-"""Spectral normalisation as `torch.nn.utils.spectral_norm` computes it, for 2-D convolutions.
+"""Spectral normalisation as `torch.nn.utils.spectral_norm` computes it, for 2-D convolutions and dense layers.
 
 The kernel is divided by sigma, an estimate of the largest singular value of the convolution's weight read as
 torch reads it: the OIHW weight reshaped to an (out, in*kh*kw) matrix W. Torch keeps two unit vectors, `weight_u`
@@ -15,7 +15,8 @@ HWIO kernel as a (kh*kw*in, out) matrix, so neither its outputs in eval mode nor
 
 `SNConv` keeps its kernel in flax's HWIO layout (so its parameters are a `Conv`'s: `kernel`, `bias`) and its
 vectors `u` and `v` in the collection `SPECTRAL_STATS`, in torch's order, so a torch checkpoint's `weight_orig`
-(transposed OIHW -> HWIO), `weight_u` and `weight_v` map one to one.
+(transposed OIHW -> HWIO), `weight_u` and `weight_v` map one to one. `SNDense` does the same for a Linear layer:
+its flax (in, out) kernel is torch's (out, in) weight transposed, u is (out,) and v (in,).
 """
 
 from __future__ import annotations
@@ -118,3 +119,40 @@ class SNConv(nn.Module):
     # The rng is drawn only when the variable is created, i.e. during `init`.
     return self.variable(SPECTRAL_STATS, name,
                          lambda: normalize(jax.random.normal(self.make_rng("params"), (size,)), self.eps))
+
+
+class SNDense(nn.Module):
+  """A dense layer whose kernel is divided by its spectral norm, as `spectral_norm(nn.Linear(...))` computes it.
+
+  torch reads the (out, in) weight as the matrix W; our kernel is its transpose, so W v is `v @ kernel` and
+  W^T u is `kernel @ u`. `update_stats` as for `SNConv`.
+  """
+
+  features: int
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  num_power_iterations: int = 1
+  eps: float = TORCH_EPS
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, update_stats: bool) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
+    u = self.variable(SPECTRAL_STATS, "u", lambda: self._random_unit(self.features))
+    v = self.variable(SPECTRAL_STATS, "v", lambda: self._random_unit(x.shape[-1]))
+    if update_stats and not self.is_initializing():
+      fixed = jax.lax.stop_gradient(kernel)
+      new_u = u.value
+      for _ in range(self.num_power_iterations):
+        new_v = normalize(fixed @ new_u, self.eps)
+        new_u = normalize(new_v @ fixed, self.eps)
+      u.value, v.value = new_u, new_v
+    sigma = jnp.dot(jax.lax.stop_gradient(u.value), jax.lax.stop_gradient(v.value) @ kernel)
+    y = x @ (kernel / sigma).astype(x.dtype)
+    if self.use_bias:
+      y += self.param("bias", self.bias_init, (self.features,)).astype(y.dtype)
+    return y
+
+  def _random_unit(self, size: int) -> jax.Array:
+    return normalize(jax.random.normal(self.make_rng("params"), (size,)), self.eps)
