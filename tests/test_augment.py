@@ -3,6 +3,9 @@ p controller), DiffAugment, gradients, shapes and dtypes. Tiny images; the file 
 
 import functools
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ import pytest
 from facegen_jax import augment
 from facegen_jax import compile as compile_lib
 from facegen_jax import errors
+from tests.conftest import REPO
 
 ALL_OPS = augment.GEOMETRIC_OPS + augment.COLOR_OPS
 # Tiny programs run a few times: XLA:CPU's quick compilation halves this file's time (same numbers).
@@ -410,3 +414,37 @@ def test_resampling_matches_the_originals_steps_with_torch_grid_sample():
   ours = np.asarray(jax.vmap(augment._resample)(jnp.asarray(x, jnp.float32), jnp.asarray(g_inv, jnp.float32)))
   assert np.abs(ours - x).max() > 0.1
   np.testing.assert_allclose(ours, expected, atol=2e-5)
+
+
+_SHARDED_SCRIPT = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from facegen_jax import augment
+assert jax.device_count() == 4, jax.devices()
+split = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+x = jax.random.uniform(jax.random.PRNGKey(0), (8, 12, 10, 3), minval=-1, maxval=1)
+errors = {}
+for kind in ("ada", "diffaugment"):
+  c = augment.default_config()
+  c.kind = kind
+  aug = lambda x: augment.augment(c, x, jax.random.PRNGKey(3), {"aug_p": jnp.float32(0.5)})
+  images_and_grad = lambda x: (aug(x), jax.grad(lambda x: jnp.sum(aug(x) ** 2))(x))
+  one = jax.jit(images_and_grad)(x)
+  four = jax.jit(images_and_grad, out_shardings=(split, split))(jax.device_put(x, split))
+  errors[kind] = [float(jnp.abs(a - b).max()) for a, b in zip(one, four)]
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.slow
+def test_a_batch_split_over_devices_gets_the_same_augmentations():
+  """Per-image keys: 4 simulated devices give the images and gradients of 1 (p = 0.5, some images resampled)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(REPO))
+  result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  errors = json.loads(result.stdout.strip().splitlines()[-1])
+  for kind, (image_error, grad_error) in errors.items():
+    assert image_error <= 1e-6 and grad_error <= 1e-5, (kind, errors)
