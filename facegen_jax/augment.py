@@ -25,6 +25,9 @@ Differences from the original:
   shapes must be static here, so every image is reflect-padded by that maximum. The results are the same (a
   larger reflect padding only adds pixels no sample reaches), at the cost of upsampling a 3x larger image.
 - Randomness is per image (one key each), so a result does not depend on the batch or its sharding.
+
+Gradients w.r.t. the images are reverse mode (jax.grad, jax.vjp, also of a gradient penalty); the filters'
+custom VJPs leave forward mode (jax.jvp) undefined.
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ def init_extra(aug_config) -> dict[str, jax.Array]:
 def update(aug_config, extra: dict, real_signs: jax.Array, batch_size: int) -> tuple[dict, dict]:
   """Adds this step's signs of D on reals (one per image) and, every `interval` steps, moves p by
   sign(r_t - target) * batch_size * interval / (kimg * 1000) with r_t their mean (training_loop.py's ADA
-  heuristic). Returns (extra, {"aug/p", "aug/rt"}); ({extra}, {}) for kinds without state."""
+  heuristic). `real_signs` has one sign per image, (B,); any other shape is averaged over all its elements.
+  Returns (extra, {"aug/p", "aug/rt"}), r_t being the last adjustment's; (extra, {}) for kinds without state."""
   c = _resolved(aug_config)
   if c.kind != "ada":
     return extra, {}
