@@ -13,6 +13,7 @@ import sys
 from facegen_jax import errors
 from facegen_jax.convert import inception
 from facegen_jax.convert import spade
+from facegen_jax.convert import ugatit
 from facegen_jax.convert import vgg19
 
 # Subcommand -> module with `add_arguments(parser)` and `run(args)`; a new converter is an import and an entry.
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
   "vgg19": vgg19,
   "spade": spade,
   "inception": inception,
+  "ugatit": ugatit,
 }
 
 
