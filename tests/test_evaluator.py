@@ -114,7 +114,8 @@ def test_stats_file_name_tracks_dataset_split_resolution_count_and_weights():
   base = evaluator_lib.stats_file_name(config.input, 100, "ab" * 32)
   assert base == evaluator_lib.stats_file_name(config.input, 100, "ab" * 32)
   changed = []
-  for key, value in (("resolution", 16), ("synthetic.seed", 1), ("synthetic.num_examples", 65)):
+  for key, value in (("resolution", 16), ("synthetic.seed", 1), ("synthetic.num_examples", 65),
+                     ("synthetic.group_counts", (10, 5, 3, 2))):
     other = tiny_config("spade", **{f"input.{key}": value})
     changed.append(evaluator_lib.stats_file_name(other.input, 100, "ab" * 32))
   changed.append(evaluator_lib.stats_file_name(config.input, 99, "ab" * 32))

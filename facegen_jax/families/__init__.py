@@ -68,10 +68,12 @@ class Contract:
 # Imported after the contract's types, which the family modules use.
 from facegen_jax.families import dcgan  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import spade  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import ugatit  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FAMILIES: dict[str, types.ModuleType] = {
     "dcgan": dcgan,
     "spade": spade,
+    "ugatit": ugatit,
 }
 
 

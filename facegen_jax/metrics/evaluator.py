@@ -151,6 +151,8 @@ def stats_file_name(input_config: ml_collections.ConfigDict, count: int, weights
   if c.source == "synthetic":
     s = c.synthetic
     dataset = f"synthetic-{s.domain}-seed{s.seed}-n{s.num_examples}-ids{s.num_identities or 'default'}"
+    if s.get("group_counts"):  # Exact faces per group replace num_examples.
+      dataset += f"-groups{s.group_counts}"
   elif c.source == "folder":
     where = f"{os.path.abspath(c.folder.image_dir)}|{c.folder.label_dir}"
     dataset = (f"folder-{os.path.basename(os.path.normpath(c.folder.image_dir))}-"
