@@ -29,9 +29,11 @@ def networks(config: ml_collections.ConfigDict) -> list[dict]:
   """[{"name", "params", "output"}] for each network of the family, at batch 1."""
   family = families.get_family(config.family)
   rows = []
-  for name, (module, inputs) in family.networks(config).items():
+  for name, (module, inputs, *kwargs) in family.networks(config).items():
+    kwargs = kwargs[0] if kwargs else {"train": False}
     variables, output = jax.eval_shape(
-        lambda key, inputs=inputs, module=module: module.init_with_output(key, *inputs, train=False)[::-1],
+        lambda key, inputs=inputs, module=module, kwargs=kwargs: module.init_with_output(key, *inputs,
+                                                                                         **kwargs)[::-1],
         jax.random.key(0))
     rows.append({"name": name, "params": common.count_params(variables.get("params", {})),
                  "output": _shapes(output)})

@@ -21,7 +21,8 @@ A family module provides:
   eval_inputs(config, rng, size, data)      `generate`'s inputs from `data`: the eval output's input fields for
                                             `size` records (from files in the inference commands)
   generate(config, state, inputs, rng)      inference (eval mode) -> {output name: images in [-1, 1]}
-  networks(config) -> dict                  {name: (flax module, example inputs)} for `main --describe`
+  networks(config) -> dict                  {name: (flax module, example inputs[, call kwargs])} for `main
+                                            --describe` (kwargs default {"train": False})
 
 Every entry is checked by tests/test_families.py with its tiny preset: two jitted steps, step == 2, finite
 metrics, every trained group's parameters move and every frozen one does not, sample and generate shapes, and a

@@ -143,9 +143,9 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
 
 def networks(config: ml_collections.ConfigDict) -> dict:
   image = _example_image(config)
-  return {"generator": (_generator(config), (image,)),
-          "discriminator_global": (_discriminator(config, "ga"), (image,)),
-          "discriminator_local": (_discriminator(config, "la"), (image,))}
+  eval_mode = {"update_stats": False}
+  return {**{f"generator_{name}": (_generator(config), (image,), {}) for name in GENERATORS},
+          **{f"discriminator_{name}": (_discriminator(config, name), (image,), eval_mode) for name in DISCRIMINATORS}}
 
 
 def _translate(config, g_params, x):
