@@ -156,7 +156,7 @@ _SOURCES = flags.DEFINE_integer("sources", 0, "Also list the N largest collectiv
                                 "came from (HLO metadata), to see where the bytes go.")
 
 
-def _abstract_batch(config, sharding) -> dict:
+def abstract_batch(config, sharding) -> dict:
   """The shapes of one global batch of the config's input pipeline: the fields training feeds the step."""
   iterator = pipeline.create_train_iterator(config.input, seed=config.seed, global_batch_size=config.batch_size)
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in next(iterator).items()}
@@ -207,7 +207,7 @@ def _report(name: str) -> None:
   programs = train.Programs(config)
   abstract_state = programs.abstract_state
   start = time.perf_counter()
-  hlo = programs.step.lower(programs.target(), _abstract_batch(config, programs.batch_sharding)).compile(
+  hlo = programs.step.lower(programs.target(), abstract_batch(config, programs.batch_sharding)).compile(
       ).as_text()
   seconds = time.perf_counter() - start
   found = find_collectives(hlo)

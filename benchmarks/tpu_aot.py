@@ -120,14 +120,9 @@ def traced_for(platform: str, *, compile_options: bool = True):
 
 
 def abstract_batch(config, sharding) -> dict:
-  """The shapes of one global batch as the input pipeline yields it: float32 images, and SPADE's int32 label
-  maps."""
-  resolution = config.input.resolution
-  h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-  batch = {"image": jax.ShapeDtypeStruct((config.batch_size, h, w, 3), np.float32, sharding=sharding)}
-  if config.family == "spade":
-    batch["label"] = jax.ShapeDtypeStruct((config.batch_size, h, w), np.int32, sharding=sharding)
-  return batch
+  """The shapes of one global batch as the config's input pipeline yields it (images, SPADE's label maps, a
+  translator's "a/..." and "b/..." fields, groups): one batch is read, from the synthetic faces by default."""
+  return collectives.abstract_batch(config, sharding)
 
 
 def build_step(config, mesh: Mesh):
