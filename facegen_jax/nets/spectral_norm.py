@@ -17,11 +17,18 @@ HWIO kernel as a (kh*kw*in, out) matrix, so neither its outputs in eval mode nor
 vectors `u` and `v` in the collection `SPECTRAL_STATS`, in torch's order, so a torch checkpoint's `weight_orig`
 (transposed OIHW -> HWIO), `weight_u` and `weight_v` map one to one. `SNDense` does the same for a Linear layer:
 its flax (in, out) kernel is torch's (out, in) weight transposed, u is (out,) and v (in,).
+
+`MunitSNConv` is the other spectral norm the originals use: the `SpectralNorm` wrapper NVlabs/MUNIT's and SATNet's
+networks.py define (after christiancosgrove/pytorch-spectral-normalization-gan). It reads the same matrix and
+keeps the same u and v, but normalises by x / (|x| + eps) and runs its power iteration at EVERY forward, in
+training and in eval alike, so its output depends on how often it was called before. torch keeps the kernel as
+`weight_bar` and u, v as parameters without gradient (`weight_u`, `weight_v`); ours are a `Conv`'s `kernel`/`bias`
+and the same `SPECTRAL_STATS` u, v.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -45,6 +52,11 @@ def normalize(x: jax.Array, eps: float = TORCH_EPS) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x), eps)
 
 
+def l2normalize(x: jax.Array, eps: float = TORCH_EPS) -> jax.Array:
+  """MUNIT's `l2normalize`: x / (|x| + eps)."""
+  return x / (jnp.linalg.norm(x) + eps)
+
+
 def _matvec(kernel_hwio: jax.Array, v: jax.Array) -> jax.Array:
   """W v for torch's matrix W without forming it: v is (in, kh, kw) flattened, as torch orders the columns."""
   kh, kw, c_in, _ = kernel_hwio.shape
@@ -62,14 +74,17 @@ def _rmatvec(kernel_hwio: jax.Array, u: jax.Array) -> jax.Array:
 # The products below read the HWIO kernel in place instead of transposing it into torch's matrix: the same sums,
 # and the gradient of sigma is the outer product u v^T laid out as the kernel (XLA:CPU spent ~1 s per
 # 1024x1024x3x3 kernel reducing through the transpose in SPADE128's step).
-def power_iteration(kernel_hwio: jax.Array, u: jax.Array, *, num_iterations: int = 1,
-                    eps: float = TORCH_EPS) -> tuple[jax.Array, jax.Array]:
-  """Torch's update of (u, v) for the kernel's matrix; both results are constants for the gradient."""
+def power_iteration(kernel_hwio: jax.Array, u: jax.Array, *, num_iterations: int = 1, eps: float = TORCH_EPS,
+                    normalize_fn: Callable[[jax.Array, float], jax.Array] = normalize
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Torch's update of (u, v) for the kernel's matrix; both results are constants for the gradient.
+
+  `normalize_fn=l2normalize` gives MUNIT's update instead."""
   kernel_hwio = jax.lax.stop_gradient(kernel_hwio)
   v = None
   for _ in range(num_iterations):
-    v = normalize(_rmatvec(kernel_hwio, u), eps)
-    u = normalize(_matvec(kernel_hwio, v), eps)
+    v = normalize_fn(_rmatvec(kernel_hwio, u), eps)
+    u = normalize_fn(_matvec(kernel_hwio, v), eps)
   return u, v
 
 
@@ -156,3 +171,46 @@ class SNDense(nn.Module):
 
   def _random_unit(self, size: int) -> jax.Array:
     return normalize(jax.random.normal(self.make_rng("params"), (size,)), self.eps)
+
+
+class MunitSNConv(nn.Module):
+  """MUNIT's / SATNet's `SpectralNorm(nn.Conv2d(...))`: a 2-D NHWC convolution (`conv.conv`) whose kernel is
+  divided by sigma after one power iteration at every call (see the module docstring).
+
+  The iteration runs whether or not `SPECTRAL_STATS` is mutable, so the output is always the original's for the
+  vectors passed in; the new u and v are stored only when the collection is mutable. To follow the original
+  from call to call (training and inference alike) pass it mutable and carry the result into the next call.
+  `init` stores the random unit starting vectors, un-iterated, as the wrapper holds them before its first forward.
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] | None = None
+  padding: Any = "VALID"
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  num_power_iterations: int = 1
+  eps: float = TORCH_EPS
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel_size = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+    kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features))
+    kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))  # As SNConv: sigma in float32.
+    kh, kw, c_in, c_out = kernel.shape
+    init_unit = lambda size: l2normalize(jax.random.normal(self.make_rng("params"), (size,)), self.eps)
+    u = self.variable(SPECTRAL_STATS, "u", init_unit, c_out)
+    v = self.variable(SPECTRAL_STATS, "v", init_unit, c_in * kh * kw)
+    new_u, new_v = u.value, v.value
+    if not self.is_initializing():
+      new_u, new_v = power_iteration(kernel, u.value, num_iterations=self.num_power_iterations, eps=self.eps,
+                                     normalize_fn=l2normalize)
+      if self.is_mutable_collection(SPECTRAL_STATS):
+        u.value, v.value = new_u, new_v
+    kernel = (kernel / sigma(kernel, new_u, new_v)).astype(x.dtype)
+    y = conv_lib.conv(x, kernel, self.strides, canonicalize_padding(self.padding, 2), impl=self.impl)
+    if self.use_bias:
+      y += self.param("bias", self.bias_init, (self.features,)).astype(y.dtype)
+    return y
