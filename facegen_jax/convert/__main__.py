@@ -13,6 +13,7 @@ import sys
 from facegen_jax import errors
 from facegen_jax.convert import inception
 from facegen_jax.convert import spade
+from facegen_jax.convert import sphereface
 from facegen_jax.convert import ugatit
 from facegen_jax.convert import vgg19
 
@@ -22,6 +23,7 @@ SUBCOMMANDS = {
   "spade": spade,
   "inception": inception,
   "ugatit": ugatit,
+  "sphereface": sphereface,
 }
 
 
