@@ -26,7 +26,7 @@ Presets:
   face2webtoon_fewshot stage 2: all groups, every network started from a face2webtoon_base run
                        (--config.init_from.workdir=DIR, required).
   cpu                  minutes on 2 CPU cores: light, ngf 16, 2 res blocks, 64 px, the global D with 6 layers
-                       (7 needs 128 px or more), 300 steps, batch 1.
+                       (7 needs 96 px or more), 1500 steps, batch 1.
   tiny                 tests.
 """
 
@@ -83,10 +83,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # Minutes on 2 cores. The global D at 64 px gets 6 layers: with 7 its last conv would see a 1x1 map.
     config.model.update(light=True, ngf=16, n_res=2, n_layers_global=6, n_layers_local=5)
     _input(config, resolution=64, crop=True)
-    config.num_train_steps = 300
-    config.log_every_steps = 25
-    config.sample_every_steps = 100
-    config.checkpoint_every_steps = 100
+    config.num_train_steps = 1500
+    config.log_every_steps = 50
+    config.sample_every_steps = 250
+    config.checkpoint_every_steps = 250
     config.num_sample_images = 4
     config.input.a.synthetic.num_examples = 200
     config.input.b.synthetic.num_examples = 200
