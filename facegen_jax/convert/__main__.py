@@ -12,6 +12,8 @@ import sys
 
 from facegen_jax import errors
 from facegen_jax.convert import inception
+from facegen_jax.convert import munit
+from facegen_jax.convert import satnet
 from facegen_jax.convert import spade
 from facegen_jax.convert import sphereface
 from facegen_jax.convert import ugatit
@@ -23,6 +25,8 @@ SUBCOMMANDS = {
   "spade": spade,
   "inception": inception,
   "ugatit": ugatit,
+  "munit": munit,
+  "satnet": satnet,
   "sphereface": sphereface,
 }
 

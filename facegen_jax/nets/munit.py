@@ -23,12 +23,13 @@ eval, so u and v (collection `spectral_stats`) are state of every call: pass the
 or the calls keep starting from the same vectors (see `MunitSNConv`). The MUNIT generator and a D with norm 'none'
 have no such state.
 
-Initialisation (`weight_init`): the originals' trainers apply `weights_init(config.init)` to everything ('kaiming' in all
-configs: kaiming_normal fan_in, zero bias) and then `weights_init('gaussian')` (N(0, 0.02), zero bias) to the
-discriminators, so `AdaINGen.weight_init` defaults to 'kaiming' and `MsImageDis.weight_init` to 'gaussian'. Quirk copied from
-the originals (utils.py's `weights_init` skips modules without a `weight`, and the SpectralNorm wrapper has
-deleted it): spectral-normed convs keep torch's default init (kaiming_uniform(a=sqrt(5)) weight, U(+-1/sqrt(fan_in))
-bias) whatever `weight_init` says. MUNIT's LayerNorm gamma ~ U(0, 1), beta 0; SelfAttention's gamma starts at 1e-8.
+Initialisation (`weight_init`): the originals' trainers apply `weights_init(config.init)` to everything
+('kaiming' in all configs: kaiming_normal fan_in, zero bias) and then `weights_init('gaussian')` (N(0, 0.02), zero
+bias) to the discriminators, so `AdaINGen.weight_init` defaults to 'kaiming' and `MsImageDis.weight_init` to
+'gaussian'. Quirk copied from the originals (utils.py's `weights_init` skips modules without a `weight`, and the
+SpectralNorm wrapper has deleted it): spectral-normed convs keep torch's default init (kaiming_uniform(a=sqrt(5))
+weight, U(+-1/sqrt(fan_in)) bias) whatever `weight_init` says. MUNIT's LayerNorm gamma ~ U(0, 1), beta 0;
+SelfAttention's gamma starts at 1e-8.
 
 MUNIT's LayerNorm is not flax's: per-sample mean and torch's UNBIASED std over (C, H, W), (x - mean) / (std + eps).
 AdaIN is instance norm (biased variance, eps 1e-5) * std + mean, as MUNIT's batch_norm over (1, B*C, H, W) is.
@@ -108,7 +109,8 @@ def conv(x, features, kernel_size, *, name, stride=1, padding=0, pad_type="refle
                               kernel_init=kernel_init("default"), bias_init=bias_init("default", fan_in),
                               impl=impl, name=name)(x)
   return conv_lib.Conv(features, (kernel_size, kernel_size), strides=stride, padding="VALID",
-                       kernel_init=kernel_init(weight_init), bias_init=bias_init(weight_init, fan_in), impl=impl, name=name)(x)
+                       kernel_init=kernel_init(weight_init), bias_init=bias_init(weight_init, fan_in), impl=impl,
+                       name=name)(x)
 
 
 class LayerNorm(nn.Module):
@@ -234,7 +236,8 @@ class StyleEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     block = lambda features, kernel, stride, padding, name: ConvBlock(
-        features, kernel, stride, padding, activation=self.activ, pad_type=self.pad_type, weight_init=self.weight_init, name=name)
+        features, kernel, stride, padding, activation=self.activ, pad_type=self.pad_type,
+        weight_init=self.weight_init, name=name)
     x = block(self.dim, 7, 1, 3, "conv_in")(x)
     for i in range(self.n_downsample):
       x = block(x.shape[-1] * (2 if i < 2 else 1), 4, 2, 1, f"down_{i}")(x)
