@@ -151,28 +151,36 @@ def test_self_attention_matches_numpy_and_is_the_identity_at_gamma_zero():
   np.testing.assert_allclose(apply({"params": params}, x), want, atol=2e-5)
 
 
-def _init(module, shape):
-  """One compilation at XLA's lowest level: eagerly, each op would compile on its own (~40 s cold)."""
-  return _jit(module.init)(jax.random.key(0), jnp.zeros(shape))["params"]
+# Building blocks, each with an input shape (a whole generator's init compiles for half a minute).
+_BLOCKS = {
+    "down": (munit.ConvBlock(32, 4, 2, 1, norm="in"), (1, 8, 8, 16)),  # G: 'kaiming'
+    "mlp": (munit.MLP(10, dim=64), (2, 8)),
+    "plain": (munit.ConvBlock(32, 4, 2, 1, weight_init="gaussian"), (1, 8, 8, 16)),  # D: 'gaussian'
+    "spectral": (munit.ConvBlock(32, 4, 2, 1, norm="sn", weight_init="gaussian"), (1, 8, 8, 16)),
+    "attention": (munit.SelfAttention(spectral=True), (1, 4, 4, 64)),
+    "layer_norm": (munit.ConvBlock(32, 5, 1, 2, norm="ln"), (1, 8, 8, 16)),
+}
 
 
 def test_initialisation_follows_the_originals_weights_init():
-  # Per building block (a whole generator's init compiles for half a minute).
-  # kaiming_normal fan_in, zero bias (G's 'kaiming'): a content encoder's 4x4 16->32 conv (fan_in 256), the MLP.
-  down = _init(munit.ConvBlock(32, 4, 2, 1, norm="in"), (1, 8, 8, 16))["conv"]
+  # One program at XLA's lowest level: eagerly each op would compile on its own (~40 s cold).
+  init = _jit(lambda key: {name: module.init(key, jnp.zeros(shape))["params"]
+                           for name, (module, shape) in _BLOCKS.items()})
+  params = init(jax.random.key(0))
+  # kaiming_normal fan_in, zero bias: a content encoder's 4x4 16->32 conv (fan_in 256), the MLP.
+  down = params["down"]["conv"]
   assert abs(np.std(down["kernel"]) / np.sqrt(2 / 256) - 1) < 0.05 and not np.any(down["bias"])
-  mlp = _init(munit.MLP(10, dim=64), (2, 8))
+  mlp = params["mlp"]
   assert abs(np.std(mlp["fc_1"]["kernel"]) / np.sqrt(2 / 64) - 1) < 0.05 and not np.any(mlp["fc_2"]["bias"])
-  # N(0, 0.02) (D's 'gaussian') for plain convs; spectral-normed ones keep torch's default
-  # U(+-1/sqrt(fan_in)) weight and bias whatever weight_init says (fan_in 16 * 16).
-  plain = _init(munit.ConvBlock(32, 4, 2, 1, weight_init="gaussian"), (1, 8, 8, 16))["conv"]
-  assert abs(np.std(plain["kernel"]) / 0.02 - 1) < 0.05
-  spectral = _init(munit.ConvBlock(32, 4, 2, 1, norm="sn", weight_init="gaussian"), (1, 8, 8, 16))["conv"]
+  # N(0, 0.02) for plain convs; spectral-normed ones keep torch's default U(+-1/sqrt(fan_in)) weight and bias
+  # whatever weight_init says (fan_in 16 * 16).
+  assert abs(np.std(params["plain"]["conv"]["kernel"]) / 0.02 - 1) < 0.05
+  spectral = params["spectral"]["conv"]
   assert 1 / 16 >= np.abs(spectral["kernel"]).max() > 0.06 and 1 / 16 >= np.abs(spectral["bias"]).max() > 0.03
-  attention = _init(munit.SelfAttention(spectral=True), (1, 4, 4, 64))  # fan_in 64
+  attention = params["attention"]  # fan_in 64
   assert 0.125 >= np.abs(attention["k_conv"]["kernel"]).max() > 0.12
   assert abs(float(attention["gamma"][0]) - 1e-8) < 1e-15
-  norm = _init(munit.ConvBlock(32, 5, 1, 2, norm="ln"), (1, 8, 8, 16))["norm"]
+  norm = params["layer_norm"]["norm"]
   assert 0 <= norm["gamma"].min() and norm["gamma"].max() <= 1 and np.std(norm["gamma"]) > 0.2
   assert not np.any(norm["beta"])
   with pytest.raises(ValueError, match="init must be one of"):
