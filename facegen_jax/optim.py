@@ -5,6 +5,8 @@
       lr=2e-4, b1=0.5, b2=0.999, eps=1e-8,
       weight_decay=0.0,          # adam: torch's L2 term added to the gradient (coupled); adamw: decoupled
       decay_start_step=None,     # linear decay to 0 from this step to the last (SPADE's niter / niter_decay)
+      decay_steps=None,          # with decay_start_step: the decay's length, if not to the last step (SATNet:
+                                 # 1 - (step - 400k) / 450k, so its 450k-step run ends at 0.889 of the lr)
       decay_every_steps=None,    # or: step decay, lr * decay_factor every N steps (torch's StepLR)
       decay_factor=0.1,
       clip_global_norm=None,     # clip the group's gradient to this global norm first (SSuperGAN: 100)
@@ -31,8 +33,9 @@ from facegen_jax import errors
 
 OPTIMIZERS = ("adam", "adamw")
 _DEFAULTS = dict(name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, decay_start_step=None,
-                 decay_every_steps=None, decay_factor=0.1, clip_global_norm=None, frozen=())
-_PLACEHOLDER_TYPES = {"decay_start_step": int, "decay_every_steps": int, "clip_global_norm": float}
+                 decay_steps=None, decay_every_steps=None, decay_factor=0.1, clip_global_norm=None, frozen=())
+_PLACEHOLDER_TYPES = {"decay_start_step": int, "decay_steps": int, "decay_every_steps": int,
+                      "clip_global_norm": float}
 
 
 def config(**values) -> ml_collections.ConfigDict:
@@ -64,16 +67,17 @@ def group_config(config: ml_collections.ConfigDict, group: str) -> ml_collection
 
 
 def learning_rate_schedule(opt_config: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
-  """Constant; linear decay to 0 from `decay_start_step`; or times `decay_factor` every `decay_every_steps`."""
+  """Constant; linear decay from `decay_start_step` to 0 at the last step (or after `decay_steps` steps, cut off at
+  the last step); or times `decay_factor` every `decay_every_steps`."""
   decay_start, every = opt_config.get("decay_start_step"), opt_config.get("decay_every_steps")
   if every:
     return optax.exponential_decay(opt_config.lr, transition_steps=every, decay_rate=opt_config.decay_factor,
                                    staircase=True)
   if decay_start is None or decay_start >= num_train_steps:
     return optax.constant_schedule(opt_config.lr)
+  length = opt_config.get("decay_steps") or num_train_steps - decay_start
   return optax.join_schedules(
-      [optax.constant_schedule(opt_config.lr),
-       optax.linear_schedule(opt_config.lr, 0.0, num_train_steps - decay_start)],
+      [optax.constant_schedule(opt_config.lr), optax.linear_schedule(opt_config.lr, 0.0, length)],
       boundaries=[decay_start])
 
 
@@ -86,6 +90,9 @@ def _check(c: ml_collections.ConfigDict, name: str) -> None:
   if c.decay_start_step is not None and c.decay_every_steps:
     raise errors.ConfigError(f"config.{name} sets both decay_start_step (linear decay) and decay_every_steps "
                              "(step decay): unset one of them")
+  if c.decay_steps is not None and (c.decay_start_step is None or c.decay_steps <= 0):
+    raise errors.ConfigError(f"config.{name}.decay_steps {c.decay_steps} is the length of the linear decay from "
+                             f"decay_start_step: set a positive decay_steps with decay_start_step, or unset it")
   if c.decay_every_steps is not None and c.decay_every_steps < 0:
     raise errors.ConfigError(f"config.{name}.decay_every_steps must be > 0, got {c.decay_every_steps}")
   if c.clip_global_norm is not None and c.clip_global_norm <= 0:

@@ -28,6 +28,9 @@ def test_schedules_constant_linear_and_step():
   assert [float(constant(s)) for s in (0, 99)] == [1.0, 1.0]
   linear = optim.learning_rate_schedule(optim.config(lr=1.0, decay_start_step=50), 100)
   np.testing.assert_allclose([float(linear(s)) for s in (0, 50, 75, 100)], [1.0, 1.0, 0.5, 0.0])
+  # SATNet's LambdaLR 1 - max(0, it - 400k) / 450k over 450k iterations: 0.889 of the lr at the end.
+  longer = optim.learning_rate_schedule(optim.config(lr=1.0, decay_start_step=40, decay_steps=45), 45)
+  np.testing.assert_allclose([float(longer(s)) for s in (0, 40, 45)], [1.0, 1.0, 1 - 5 / 45], rtol=1e-6)
   step = optim.learning_rate_schedule(optim.config(lr=1.0, decay_every_steps=10, decay_factor=0.5), 100)
   np.testing.assert_allclose([float(step(s)) for s in (0, 9, 10, 25)], [1.0, 1.0, 0.5, 0.25])
 
@@ -77,6 +80,8 @@ def test_config_errors_name_the_key():
     optim.create(_config(lr=0.0), "g")
   with pytest.raises(errors.ConfigError, match=r"both decay_start_step .* and decay_every_steps"):
     optim.create(_config(decay_start_step=5, decay_every_steps=10), "g")
+  with pytest.raises(errors.ConfigError, match=r"decay_steps 10 is the length of the linear decay"):
+    optim.create(_config(decay_steps=10), "g")
 
 
 def test_a_frozen_pattern_keeps_its_leaves_bit_identical_through_training(monkeypatch):
