@@ -127,6 +127,27 @@ def test_munit_spectral_norm_iterates_at_every_call_like_numpy():
   assert np.isfinite(grad["kernel"]).all() and np.abs(grad["kernel"]).max() > 0
 
 
+@pytest.mark.parametrize("pad_type", ["reflect", "zero", "replicate"])
+def test_upsample_conv_by_phases_is_the_upsampled_conv(pad_type):
+  # The decoder's nn.Upsample + 5x5 Conv2dBlock, as four 3x3 phase convs of the low-res map (+ reflect's border
+  # strips), against upsampling, padding and convolving; non-square, every impl, the conv's own parameters.
+  x = np.random.default_rng(4).normal(size=(2, 6, 5, 3)).astype(np.float32)
+  module = munit.UpsampleConv(4, pad_type=pad_type, impl="phase")
+  params = _jit(module.init)(jax.random.key(0), x)["params"]
+  assert (params["kernel"].shape, params["bias"].shape) == ((5, 5, 3, 4), (4,))
+  params = {"kernel": params["kernel"], "bias": jnp.float32([0.1, -0.2, 0.3, 0.0])}
+  upsampled = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+  mode = {"reflect": "reflect", "zero": "constant", "replicate": "edge"}[pad_type]
+  want = jax.lax.conv_general_dilated(np.pad(upsampled, ((0, 0), (2, 2), (2, 2), (0, 0)), mode=mode),
+                                      params["kernel"], (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["bias"]
+  got = _jit(module.apply)({"params": params}, x)
+  assert got.shape == (2, 12, 10, 4)
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  direct = munit.UpsampleConv(4, pad_type=pad_type, impl="direct")
+  np.testing.assert_allclose(_jit(direct.apply)({"params": params}, x), want, atol=2e-6)
+
+
 def _attention_numpy(x, f, g, k, gamma):
   b, h, w, c = x.shape
   flat = x.reshape(b, h * w, c).astype(np.float64)
