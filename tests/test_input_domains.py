@@ -3,10 +3,7 @@ iterator resumed after SIGKILL."""
 
 import hashlib
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import grain
 import ml_collections
@@ -18,7 +15,7 @@ import pytest
 from facegen_jax.errors import ConfigError, DataError
 from input_pipeline import pipeline
 from input_pipeline import sources
-from tests.conftest import REPO
+from tests import iterator_kill
 from tests.test_input_pipeline import _assert_same, _batches, _raises
 
 SYNTHETIC_KEYS = ("image", "label", "identity", "group", "male", "long_hair", "glasses", "hat", "earrings")
@@ -322,19 +319,7 @@ def _child(checkpoint_dir: str, steps: int, save_every: int) -> None:
   the latest save first, if any) and printing "step digest" per batch."""
   config = _two_domains(random_crop=True, load_size=36)
   iterator = pipeline.create_train_iterator(config, seed=5, global_batch_size=4)
-  manager = ocp.CheckpointManager(checkpoint_dir, options=ocp.CheckpointManagerOptions(create=True, max_to_keep=2))
-  step = manager.latest_step() or 0
-  if step:
-    manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator)))
-  while step < steps:
-    batch = next(iterator)
-    step += 1
-    print(step, _digest(batch), flush=True)
-    if step % save_every == 0:
-      manager.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
-      manager.wait_until_finished()
-    time.sleep(0.1)  # Time for the parent to kill it between two saves.
-  manager.close()
+  iterator_kill.child(iterator, _digest, checkpoint_dir, steps, save_every)
 
 
 @pytest.mark.slow
@@ -344,25 +329,8 @@ def test_a_two_domain_iterator_resumes_bit_exactly_after_sigkill(tmp_path):
   iterator = pipeline.create_train_iterator(config, seed=5, global_batch_size=4)
   expected = {step + 1: _digest(next(iterator)) for step in range(steps)}
   iterator.close()
-  command = [sys.executable, "-m", "tests.test_input_domains", str(tmp_path / "ckpt"), str(steps), str(save_every)]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  killed = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  seen = {}
-  for line in killed.stdout:
-    step, digest = line.split()
-    seen[int(step)] = digest
-    if int(step) == 14:  # Two steps past the save at 12, short of the next one.
-      killed.send_signal(signal.SIGKILL)
-      break
-  killed.wait(timeout=60)
-  assert killed.returncode == -signal.SIGKILL, killed.stderr.read()[-2000:]
-  resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  lines = [line.split() for line in resumed.stdout.splitlines()]
-  seen_after = {int(step): digest for step, digest in lines}
-  # Restarted from a save (at step 12, or at 16 if the parent was too slow to kill it before that).
-  assert min(seen_after) in (13, 17) and max(seen_after) == steps, sorted(seen_after)
-  assert {**seen, **seen_after} == expected
+  iterator_kill.kill_and_resume("tests.test_input_domains", tmp_path / "ckpt", steps=steps, save_every=save_every,
+                               kill_at=14, expected=expected)
 
 
 if __name__ == "__main__":

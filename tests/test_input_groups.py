@@ -3,10 +3,8 @@
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
-import time
 
 from absl import flags
 import grain
@@ -20,6 +18,7 @@ import pytest
 from facegen_jax.errors import ConfigError
 from input_pipeline import pipeline
 from input_pipeline import synthetic
+from tests import iterator_kill
 from tests.conftest import REPO
 from tests.test_input_pipeline import _assert_same, _batches, _raises
 
@@ -366,19 +365,7 @@ def _child(checkpoint_dir: str, steps: int, save_every: int) -> None:
   """Iterates a grouped two-domain iterator, saving it every `save_every` batches (restoring the latest save
   first, if any) and printing "step digest" per batch."""
   iterator = pipeline.create_train_iterator(_config((0, 1, 3)), seed=5, global_batch_size=4, source=_sources())
-  manager = ocp.CheckpointManager(checkpoint_dir, options=ocp.CheckpointManagerOptions(create=True, max_to_keep=2))
-  step = manager.latest_step() or 0
-  if step:
-    manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator)))
-  while step < steps:
-    batch = next(iterator)
-    step += 1
-    print(step, _digest(batch), flush=True)
-    if step % save_every == 0:
-      manager.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
-      manager.wait_until_finished()
-    time.sleep(0.1)  # Time for the parent to kill it between two saves.
-  manager.close()
+  iterator_kill.child(iterator, _digest, checkpoint_dir, steps, save_every)
 
 
 @pytest.mark.slow
@@ -387,23 +374,8 @@ def test_a_grouped_iterator_resumes_bit_exactly_after_sigkill(tmp_path):
   iterator = pipeline.create_train_iterator(_config((0, 1, 3)), seed=5, global_batch_size=4, source=_sources())
   expected = {step + 1: _digest(next(iterator)) for step in range(steps)}
   iterator.close()
-  command = [sys.executable, "-m", "tests.test_input_groups", str(tmp_path / "ckpt"), str(steps), str(save_every)]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  killed = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  seen = {}
-  for line in killed.stdout:
-    step, digest = line.split()
-    seen[int(step)] = digest
-    if int(step) == 10:  # Two steps past the save at 8 (mid-round: step 10 is group 0), short of the next.
-      killed.send_signal(signal.SIGKILL)
-      break
-  killed.wait(timeout=60)
-  assert killed.returncode == -signal.SIGKILL, killed.stderr.read()[-2000:]
-  resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  seen_after = {int(step): digest for step, digest in (line.split() for line in resumed.stdout.splitlines())}
-  assert min(seen_after) in (9, 13) and max(seen_after) == steps, sorted(seen_after)
-  assert {**seen, **seen_after} == expected
+  iterator_kill.kill_and_resume("tests.test_input_groups", tmp_path / "ckpt", steps=steps, save_every=save_every,
+                               kill_at=10, expected=expected)
 
 
 if __name__ == "__main__":
