@@ -25,7 +25,7 @@ Parameters as torch counts them (spectral norm's u and v are `spectral_stats`, n
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -92,9 +92,68 @@ def _conv(x, features, kernel_size, *, name, pad=0, stride=1, use_bias=False):
 def _sn_conv(x, features, *, name, stride, use_bias, update_stats):
   """ReflectionPad2d(1) + spectral_norm(Conv2d(kernel 4, stride, padding=0))."""
   fan_in = x.shape[-1] * 16
-  return sn_lib.SNConv(features, (4, 4), strides=stride, padding="VALID", use_bias=use_bias,
-                       kernel_init=_TORCH_KERNEL_INIT, bias_init=_torch_bias_init(fan_in),
-                       name=name)(reflect_pad(x, 1), update_stats=update_stats)
+  return SNConv(features, stride, use_bias=use_bias, kernel_init=_TORCH_KERNEL_INIT,
+                bias_init=_torch_bias_init(fan_in), name=name)(reflect_pad(x, 1), update_stats=update_stats)
+
+
+def _matvec(kernel_hwio, v):
+  """W v for torch's (out, in*kh*kw) matrix W of an HWIO kernel: a vector-matrix dot with the kernel read in place
+  as (kh*kw*in, out), v reordered from torch's (in, kh, kw) to (kh, kw, in). (spectral_norm._matvec's product
+  and reduction over the leading axes made XLA:CPU write v broadcast to the kernel's shape first.)"""
+  kh, kw, c_in, c_out = kernel_hwio.shape
+  return jnp.dot(v.reshape(c_in, kh, kw).transpose(1, 2, 0).reshape(-1), kernel_hwio.reshape(-1, c_out))
+
+
+def _rmatvec(kernel_hwio, u):
+  """W^T u in torch's (in, kh, kw) order, as a reduction over the kernel's minor axis (as a dot, XLA:CPU first
+  copied the kernel into the transposed layout)."""
+  return jnp.sum(kernel_hwio * u, axis=-1).transpose(2, 0, 1).reshape(-1)
+
+
+def _power_iteration(kernel_hwio, u):
+  """`spectral_norm.power_iteration`, one iteration: (u, v), constants for the gradient."""
+  kernel_hwio = jax.lax.stop_gradient(kernel_hwio)
+  v = sn_lib.normalize(_rmatvec(kernel_hwio, u))
+  return sn_lib.normalize(_matvec(kernel_hwio, v)), v
+
+
+def _sigma(kernel_hwio, u, v):
+  """`spectral_norm.sigma`: u . (W v), the gradient through the kernel only."""
+  return jnp.dot(jax.lax.stop_gradient(u), _matvec(kernel_hwio, jax.lax.stop_gradient(v)))
+
+
+class SNConv(nn.Module):
+  """`spectral_norm.SNConv` with a 4x4 kernel and no padding (same variables: `kernel`, `bias`; `u`, `v` in
+  SPECTRAL_STATS), that divides the convolution's output by sigma instead of the kernel: conv(x, W) / sigma =
+  conv(x, W / sigma), and the gradient then needs no pass over the kernel for sigma (d sigma = -sum(dy * y) /
+  sigma over the output, not sum(dW * W) over the kernel) and no normalised copy of it. The global D's
+  1024->2048 layer (134 MB of kernel) is memory-bound, so each kernel-sized pass counts.
+  """
+
+  features: int
+  strides: int
+  use_bias: bool
+  kernel_init: Any
+  bias_init: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, update_stats: bool) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features))
+    kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))  # sigma in float32, as SNConv.
+    u = self._unit_vector("u", self.features)
+    v = self._unit_vector("v", x.shape[-1] * 16)
+    if update_stats and not self.is_initializing():
+      u.value, v.value = _power_iteration(kernel, u.value)
+    sigma = _sigma(kernel, u.value, v.value)
+    y = conv_lib.conv(x, kernel.astype(x.dtype), self.strides, "VALID") / sigma.astype(x.dtype)
+    if self.use_bias:
+      y += self.param("bias", self.bias_init, (self.features,)).astype(y.dtype)
+    return y
+
+  def _unit_vector(self, name: str, size: int):
+    # Drawn in SNConv's order (kernel, u, v, bias), so `init` gives the same values.
+    return self.variable(sn_lib.SPECTRAL_STATS, name,
+                         lambda: sn_lib.normalize(jax.random.normal(self.make_rng("params"), (size,))))
 
 
 def _dense(features, fan_in, *, name, use_bias=False):
