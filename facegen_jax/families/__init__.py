@@ -68,11 +68,13 @@ class Contract:
 
 # Imported after the contract's types, which the family modules use.
 from facegen_jax.families import dcgan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import munit  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import spade  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import ugatit  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FAMILIES: dict[str, types.ModuleType] = {
     "dcgan": dcgan,
+    "munit": munit,  # SATNet is its configuration (configs/satnet.py)
     "spade": spade,
     "ugatit": ugatit,
 }
