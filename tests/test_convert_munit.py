@@ -14,6 +14,8 @@ import pytest
 import jax
 
 from facegen_jax import compile as compile_lib
+from facegen_jax import rundir
+from facegen_jax import translate
 from facegen_jax.convert import munit as convert_munit
 from facegen_jax.convert import torch_map
 from facegen_jax.convert.__main__ import main as convert_main
@@ -449,10 +451,10 @@ def _fails(tmp_path, capsys, *argv):
 def test_command_line_errors_are_one_line(tmp_path, capsys):
   nets = _torch_networks("munit")
   gen_path, dis_path = _save(tmp_path, nets["gen"], "gen_00001000.pt"), _save(tmp_path, nets["dis"], "dis_00001000.pt")
-  # A good file converts; the run directory waits for the family.
-  err = _fails(tmp_path, capsys, "munit", "--checkpoint", str(gen_path), "--dis", str(dis_path))
-  assert "converts (MUNIT generators (dim 8, style_dim 8, mlp_dim 16, n_downsample 2, n_res 1) and " in err
-  assert "needs facegen_jax/families/munit.py" in err
+  assert "--resolution '8x8': give H or H,W" in _fails(tmp_path, capsys, "munit", "--checkpoint", str(gen_path),
+                                                      "--resolution", "8x8")
+  assert "resolution (34, 34) must be divisible by 2^n_downsample = 4" in _fails(
+      tmp_path, capsys, "munit", "--checkpoint", str(gen_path), "--resolution", "34")
   assert "absent.pt does not exist" in _fails(tmp_path, capsys, "munit", "--checkpoint", str(tmp_path / "absent.pt"))
   torch.save(nets["gen"]["a"].state_dict(), tmp_path / "gen_a.pt")
   assert "one network's state_dict" in _fails(tmp_path, capsys, "munit", "--checkpoint", str(tmp_path / "gen_a.pt"))
@@ -469,7 +471,8 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
   satnet_path = _save(tmp_path, _torch_networks("satnet")["gen"], "satnet.pt")
   assert "convert it with `python -m facegen_jax.convert satnet`" in _fails(
       tmp_path, capsys, "munit", "--checkpoint", str(satnet_path))
-  assert "SATNet generators (dim 8" in _fails(tmp_path, capsys, "satnet", "--checkpoint", str(satnet_path))
+  assert convert_munit.describe(convert_munit.convert(satnet_path, variant="satnet"), "satnet").startswith(
+      "SATNet generators (dim 8")
 
 
 def test_the_yaml_gives_activations_and_padding_and_must_agree(tmp_path, capsys):
@@ -491,3 +494,56 @@ def test_the_yaml_gives_activations_and_padding_and_must_agree(tmp_path, capsys)
   config.write_text("max_iter: 10\n")
   assert "has no gen: section" in _fails(tmp_path, capsys, "munit", "--checkpoint", str(gen_path), "--config",
                                          str(config))
+
+
+def _png(path, images):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.round((images + 1) * 127.5).astype(np.uint8)).save(path)
+  return np.asarray(Image.open(path), np.float32) / 127.5 - 1
+
+
+def test_satnet_run_directory_translates_as_the_original(tmp_path, capsys):
+  """convert satnet (with --dis) -> a run directory; translate --style --save_raw on it equals the original's
+  test.py (content of gen_a.encode, style of gen_b.encode of the style image, gen_b.decode: one iteration of each
+  spectral norm from the saved vectors)."""
+  nets = _torch_networks("satnet")
+  gen_path, dis_path = _save(tmp_path, nets["gen"], "gen_00001000.pt"), _save(tmp_path, nets["dis"], "dis_00001000.pt")
+  out = tmp_path / "run"
+  assert convert_main(["satnet", "--checkpoint", str(gen_path), "--dis", str(dis_path), "--out", str(out),
+                       "--resolution", f"{HEIGHT},{WIDTH}"]) == 0
+  assert "wrote" in capsys.readouterr().out
+  config = rundir.load_config(out)
+  assert (config.family, config.model.attention, config.model.dis.norm, config.loss_weights.identity) == (
+      "munit", True, "sn", 0.0)
+  state, _ = rundir.restore_state(out, config)
+  np.testing.assert_array_equal(state.collections["d"][sn_lib.SPECTRAL_STATS]["b"]["cnn_1"]["conv_1"]["conv"]["u"],
+                                nets["dis"]["b"].state_dict()["cnns.1.1.conv.module.weight_u"].numpy())
+  images = tmp_path / "images"
+  images.mkdir()
+  x = _png(images / "x.png", _images(20, 1)[0])
+  style = _png(tmp_path / "style.png", _images(21, 1)[0])
+  assert translate.main(["--workdir", str(out), "--images", str(images), "--direction", "a2b", "--style",
+                         str(tmp_path / "style.png"), "--save_raw", "--batch_size", "1",
+                         "--out", str(tmp_path / "out")]) == 0
+  torch_gen = {d: TorchAdaINGen(**TINY_GEN, attention=True).eval() for d in "ab"}
+  for d in "ab":
+    torch_gen[d].load_state_dict(nets["gen"][d].state_dict())
+  with torch.no_grad():
+    content, _ = torch_gen["a"].encode(_nchw(x[None]))
+    _, code = torch_gen["b"].encode(_nchw(style[None]))
+    want = torch_gen["b"].decode(content, code)
+  _assert_close(np.load(tmp_path / "out" / "x.npy")[None], _to_nhwc(want), "translate a2b --style")
+
+
+def test_munit_run_directory_without_dis_has_a_fresh_discriminator(tmp_path, capsys):
+  nets = _torch_networks("munit")
+  gen_path = _save(tmp_path, nets["gen"], "gen_00001000.pt")
+  assert convert_main(["munit", "--checkpoint", str(gen_path), "--out", str(tmp_path / "run")]) == 0
+  capsys.readouterr()
+  config = rundir.load_config(tmp_path / "run")
+  assert (config.model.attention, config.model.gen.dim, config.input.resolution) == (False, 8, 256)
+  state, step = rundir.restore_state(tmp_path / "run", config)
+  assert step == 0 and state.collections == {"g": {}, "d": {}}
+  np.testing.assert_array_equal(state.params["g"]["b"]["dec"]["conv_out"]["conv"]["bias"],
+                                nets["gen"]["b"].state_dict()["dec.model.5.conv.bias"].numpy())
+  assert state.params["d"]["a"]["cnn_0"]["conv_0"]["conv"]["kernel"].shape == (4, 4, 3, 64)  # configs/munit.py's D

@@ -19,9 +19,12 @@ u, v, bias). The AdaIN layers' `running_mean` / `running_var` are MUNIT's dummy 
 be present with their shapes and are dropped. Every other key must be used and every variable filled.
 
 The result (`convert`) is each network's variables ({"params": ..., "spectral_stats": ...} when it has spectral
-norm); the MUNIT/SATNet family's state takes them as params {"g": {"a", "b"}, "d": {"a", "b"}} and collections
-{"g": {"spectral_stats": {"a", "b"}}, "d": {...}}. Writing the run directory waits for that family
-(`write_run_directory`).
+norm); `write_run_directory` puts them in the MUNIT family's state (facegen_jax/families/munit.py), params
+{"g": {"a", "b"}, "d": {"a", "b"}} and collections {"g": {"spectral_stats": {"a", "b"}}, "d": {...}}, with fresh
+optimizers (and a fresh D without --dis), and writes it with configs/munit.py's (configs/satnet.py's) config
+carrying the detected sizes, at --resolution (default the config's: 256; SATNet 224x192). The identity loss is
+off in that config (the file has no sphere20a): to train on with it, start a run from the directory with
+--config.init_from.workdir=OUT --config.identity.weights=sphere20a.npz.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facegen_jax import compile as compile_lib
+from facegen_jax import families
+from facegen_jax import rundir
 from facegen_jax.convert import torch_map
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import UserError
@@ -66,16 +72,26 @@ def add_arguments(parser) -> None:
   parser.add_argument("--config", help="the trainer's yaml (activations and padding; its sizes are checked)")
   parser.add_argument("--dis", help="the discriminators' file, e.g. checkpoints/dis_01000000.pt (default: a fresh "
                                     "D when training continues)")
+  parser.add_argument("--resolution", help="the image size of the run directory (what translate resizes inputs "
+                                           "to), H or H,W (default: the config's, 256; SATNet 224,192)")
 
 
 def run(args, variant: str = "munit") -> None:
+  resolution = parse_resolution(args.resolution) if args.resolution else None
   converted = convert(args.checkpoint, variant=variant, config=args.config, dis=args.dis)
+  config = write_run_directory(args.out, converted, variant=variant, resolution=resolution)
+  print(f"wrote {args.out}: {describe(converted, variant)} at {config.input.resolution}; translate with "
+        f"`python -m facegen_jax.translate --workdir {args.out} --images IN --direction a2b --out OUT`")
+
+
+def parse_resolution(text: str) -> int | tuple[int, int]:
   try:
-    write_run_directory(args.out, converted, variant=variant)
-  except NotImplementedError as e:
-    raise UserError(f"{args.checkpoint} converts ({describe(converted, variant)}), but writing the run directory "
-                    f"{args.out} {e}, which is not written yet") from None
-  print(f"wrote {args.out}: {describe(converted, variant)}")
+    sizes = tuple(int(v) for v in text.split(","))
+  except ValueError:
+    sizes = ()
+  if len(sizes) not in (1, 2) or min(sizes) < 1:
+    raise UserError(f"--resolution {text!r}: give H or H,W in pixels, e.g. 256 or 224,192")
+  return sizes[0] if len(sizes) == 1 else sizes
 
 
 def describe(converted: Converted, variant: str) -> str:
@@ -89,9 +105,58 @@ def describe(converted: Converted, variant: str) -> str:
   return text
 
 
-def write_run_directory(out, converted: Converted, *, variant: str) -> None:
-  """TODO: the run directory (config of configs/<variant>.py, the train state with fresh optimizers)."""
-  raise NotImplementedError("needs facegen_jax/families/munit.py")
+def build_config(model: dict, *, variant: str, resolution=None):
+  """configs/<variant>.py's default config with the checkpoint's sizes (the identity loss off)."""
+  # Imported here so the other converters do not depend on the configs package.
+  from configs import munit as munit_configs  # pylint: disable=g-import-not-at-top
+  from configs import satnet as satnet_configs  # pylint: disable=g-import-not-at-top
+  from facegen_jax.families import munit as family  # pylint: disable=g-import-not-at-top
+  for d in DOMAINS:
+    if model[f"input_dim_{d}"] != 3:
+      raise UserError(f"gen_{d} takes {model[f'input_dim_{d}']} channels: the MUNIT family here translates RGB "
+                      "images (input_dim 3)")
+  config = (satnet_configs if variant == "satnet" else munit_configs).get_config()
+  gen, dis = model["gen"], model["dis"]
+  config.model.attention = gen["attention"]
+  config.model.gen.update({k: gen[k] for k in config.model.gen})
+  if dis:
+    if dis["attention"] != gen["attention"]:
+      raise UserError(f"the discriminators {'have' if dis['attention'] else 'lack'} self-attention and the "
+                      f"generators {'do' if gen['attention'] else 'do not'}: not one trainer's networks")
+    config.model.dis.update({k: dis[k] for k in config.model.dis if k in dis})
+  config.loss_weights.identity = 0.0
+  if resolution:
+    config.input.resolution = resolution
+    config.input.load_size = None
+    config.input.random_crop = False
+  family.validate(config)
+  return config
+
+
+def _spectral(variables: dict) -> dict:
+  if sn_lib.SPECTRAL_STATS not in variables["a"]:
+    return {}
+  return {sn_lib.SPECTRAL_STATS: {d: variables[d][sn_lib.SPECTRAL_STATS] for d in DOMAINS}}
+
+
+def write_run_directory(out, converted: Converted, *, variant: str, resolution=None):
+  """Writes the run directory `out` (config.json + a step-0 checkpoint); returns its config."""
+  config = build_config(converted.model, variant=variant, resolution=resolution)
+  keep = () if converted.discriminators else ("d",)  # Without --dis: a fresh D.
+
+  def fresh(key):  # Optimizer states (and a fresh D); the rest of the init is dropped by XLA.
+    state = families.init_state(config, key)
+    return state.replace(params={g: state.params[g] for g in keep},
+                         collections={g: state.collections[g] for g in keep})
+  state = compile_lib.jit(fresh, run_once=True)(jax.random.key(config.seed))
+  params = {**state.params, "g": {d: converted.generators[d]["params"] for d in DOMAINS}}
+  collections = {**state.collections, "g": _spectral(converted.generators)}
+  if converted.discriminators:
+    params["d"] = {d: converted.discriminators[d]["params"] for d in DOMAINS}
+    collections["d"] = _spectral(converted.discriminators)
+  state = state.replace(params=params, collections=collections, ema={g: params[g] for g in state.ema})
+  rundir.save_state(out, config, state)
+  return config
 
 
 # --- reading ---
