@@ -64,7 +64,8 @@ def test_family_keeps_the_contract(name, registered, tmp_path):
     else:
       assert not any(moved.values()), f"frozen group {group!r} moved: {[k for k, m in moved.items() if m]}"
 
-  inputs = programs.replicate(family.sample_inputs(config, jax.random.key(0), host_batch))
+  # The loop's own sample inputs: a batch of num_sample_images (more than a tiny config's training batch).
+  inputs = train._sample_inputs(programs, pipeline.create_sources(config.input))
   height, width = pipeline.resolution_hw(config.input)
   for image in programs.sample(state, inputs).values():
     assert image.shape == (config.num_sample_images, height, width, 3)

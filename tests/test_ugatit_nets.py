@@ -180,3 +180,37 @@ def test_cam_scales_by_the_raw_weight_in_the_discriminator():
   np.testing.assert_allclose(out2.cam_logit[:, 0], -out.cam_logit[:, 0], rtol=1e-6)  # sigma changed sign.
   np.testing.assert_allclose(out2.out, out.out, rtol=1e-6)  # The features did not.
   np.testing.assert_allclose(out2.heatmap, out.heatmap, rtol=1e-6)
+
+
+def test_batched_calls_equal_separate_calls():
+  # num_calls=2 on [real; fake] must give what the original's two calls give: each its own power iteration (the
+  # second from the first's u), outputs, stored vectors after the second, and the gradient of both.
+  module, variables, real = _small_discriminator()
+  fake = jax.random.uniform(jax.random.key(2), real.shape, minval=-1, maxval=1)
+  stats = sn_lib.SPECTRAL_STATS
+
+  def loss(params, batched):
+    if batched:
+      out, new = module.apply({**variables, "params": params}, jnp.concatenate([real, fake]), update_stats=True,
+                              num_calls=2, mutable=[stats])
+      outs = [jax.tree.map(lambda a, i=i: a[2 * i:2 * i + 2], out) for i in range(2)]
+    else:
+      first, new = module.apply({**variables, "params": params}, real, update_stats=True, mutable=[stats])
+      second, new = module.apply({"params": params, **new}, fake, update_stats=True, mutable=[stats])
+      outs = [first, second]
+    # Weighted differently per call and per output, so a swapped call or a shared sigma shows.
+    value = sum((k + 1) * (i + 2) * jnp.sum(jnp.tanh(a)) for i, o in enumerate(outs)
+                for k, a in enumerate(jax.tree.leaves(o)))
+    return value, (outs, new)
+
+  (_, (outs_b, new_b)), grads_b = _jit(jax.value_and_grad(functools.partial(loss, batched=True), has_aux=True))(
+      variables["params"])
+  (_, (outs_s, new_s)), grads_s = _jit(jax.value_and_grad(functools.partial(loss, batched=False), has_aux=True))(
+      variables["params"])
+  for got, want in ((outs_b, outs_s), (new_b, new_s), (grads_b, grads_s)):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * float(np.abs(b).max()))
+  # The two calls' sigmas differ (different u), so sharing one would not pass.
+  assert not np.allclose(new_s[stats]["conv_0"]["u"], variables[stats]["conv_0"]["u"])
+  with pytest.raises(ValueError, match="does not split into 3 calls"):
+    module.apply(variables, jnp.concatenate([real, fake]), update_stats=False, num_calls=3)

@@ -5,7 +5,8 @@ Networks (`facegen_jax.nets.ugatit`): generators a2b (face -> webtoon) and b2a i
 One step is the original's iteration:
 
 1. D step: fakes from both generators (training mode; no state), every D on its domain's real and fake image, each
-   call one spectral-norm power iteration (two per D, as the original's separate real and fake calls); LSGAN
+   call one spectral-norm power iteration (two per D, as the original's separate real and fake calls; the two
+   calls run as one batched pass, each image normalised by its own call's sigma); LSGAN
    (mean squared error to 1 / 0) on the patch and CAM logits of all four; with Face2webtoon's group head
    (`model.num_groups` 4, `loss_weights.group` > 0) plus the cross-entropy of gb's and lb's group logits on the
    real webtoons against their group, weighted like the adversarial terms (the original's adv_weight).
@@ -155,13 +156,18 @@ def _translate(config, g_params, x):
   return common.to_float32((image, cam, heatmap))
 
 
-def _discriminate(config, name, d_params, spectral, x):
-  """One training-mode D call (one power iteration) -> (outputs dict, updated spectral stats of that D)."""
+def _discriminate(config, name, d_params, spectral, *images):
+  """Training-mode D calls on `images` in order, each its own power iteration as the original's separate calls,
+  run as one batched pass (`nets.Discriminator`'s num_calls) -> ([outputs dict per image], updated spectral
+  stats of that D)."""
   out, upd = _discriminator(config, name).apply(
       {"params": common.to_compute(config, d_params[name]), sn_lib.SPECTRAL_STATS: spectral[name]},
-      common.to_compute(config, x), update_stats=True, mutable=[sn_lib.SPECTRAL_STATS])
+      common.to_compute(config, jnp.concatenate(images)), update_stats=True, num_calls=len(images),
+      mutable=[sn_lib.SPECTRAL_STATS])
   patch, cam, _, group = common.to_float32(out)
-  return {"patch": patch, "cam": cam, "group": group}, {**spectral, name: upd[sn_lib.SPECTRAL_STATS]}
+  split = lambda x: [None] * len(images) if x is None else jnp.split(x, len(images))
+  outs = [{"patch": p, "cam": c, "group": g} for p, c, g in zip(split(patch), split(cam), split(group))]
+  return outs, {**spectral, name: upd[sn_lib.SPECTRAL_STATS]}
 
 
 def _mse(x, target: float):
@@ -185,15 +191,14 @@ def _augmented(config, images: list, rng, extra) -> list:
 
 def _discriminator_loss(config, d_params, spectral, reals, fakes, groups_b, rng, extra):
   """reals/fakes: {domain: images} (fakes of that domain, i.e. b2a for "a"). Each D calls real, then fake, as
-  the original's separate calls (so each spectral norm iterates twice)."""
+  the original's separate calls (so each spectral norm iterates twice), in one pass over its weights."""
   w = config.loss_weights
   terms, signs = {}, []
   augmented = _augmented(config, [reals["a"], fakes["a"], reals["b"], fakes["b"]], rng, extra)
   for domain, (real, fake) in zip("ab", (augmented[:2], augmented[2:])):
     for scale in "gl":
       name = scale + domain
-      out_real, spectral = _discriminate(config, name, d_params, spectral, real)
-      out_fake, spectral = _discriminate(config, name, d_params, spectral, fake)
+      (out_real, out_fake), spectral = _discriminate(config, name, d_params, spectral, real, fake)
       terms[f"d/{name}_adv"] = _mse(out_real["patch"], 1.0) + _mse(out_fake["patch"], 0.0)
       terms[f"d/{name}_cam"] = _mse(out_real["cam"], 1.0) + _mse(out_fake["cam"], 0.0)
       if scale == "g":  # ADA's overfitting heuristic: each real image's mean patch output about the boundary 0.5.
@@ -220,7 +225,7 @@ def _generator_loss(config, g_params, d_params, spectral, real_a, real_b, groups
   for domain, fake in zip("ab", _augmented(config, [fake_ba, fake_ab], rng, extra)):
     for scale in "gl":
       name = scale + domain
-      out, spectral = _discriminate(config, name, d_params, spectral, fake)
+      (out,), spectral = _discriminate(config, name, d_params, spectral, fake)
       terms["g/adv"] += _mse(out["patch"], 1.0) + _mse(out["cam"], 1.0)
       if w.group and domain == "b":
         terms["g/group"] = terms.get("g/group", 0.0) + _cross_entropy(out["group"], groups_a)

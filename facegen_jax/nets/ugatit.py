@@ -89,11 +89,12 @@ def _conv(x, features, kernel_size, *, name, pad=0, stride=1, use_bias=False):
                        impl="xla" if same else "auto", name=name)(reflect_pad(x, pad) if pad else x)
 
 
-def _sn_conv(x, features, *, name, stride, use_bias, update_stats):
+def _sn_conv(x, features, *, name, stride, use_bias, update_stats, num_calls):
   """ReflectionPad2d(1) + spectral_norm(Conv2d(kernel 4, stride, padding=0))."""
   fan_in = x.shape[-1] * 16
   return SNConv(features, stride, use_bias=use_bias, kernel_init=_TORCH_KERNEL_INIT,
-                bias_init=_torch_bias_init(fan_in), name=name)(reflect_pad(x, 1), update_stats=update_stats)
+                bias_init=_torch_bias_init(fan_in), name=name)(reflect_pad(x, 1), update_stats=update_stats,
+                                                              num_calls=num_calls)
 
 
 def _matvec(kernel_hwio, v):
@@ -110,24 +111,43 @@ def _rmatvec(kernel_hwio, u):
   return jnp.sum(kernel_hwio * u, axis=-1).transpose(2, 0, 1).reshape(-1)
 
 
-def _power_iteration(kernel_hwio, u):
-  """`spectral_norm.power_iteration`, one iteration: (u, v), constants for the gradient."""
-  kernel_hwio = jax.lax.stop_gradient(kernel_hwio)
-  v = sn_lib.normalize(_rmatvec(kernel_hwio, u))
-  return sn_lib.normalize(_matvec(kernel_hwio, v)), v
+def _call_sigmas(module, kernel, matvec, rmatvec, *, update_stats, num_calls):
+  """Spectral norm's sigma for each of `num_calls` consecutive training-mode calls, (num_calls,): call i runs one
+  power iteration (`spectral_norm.power_iteration`) from call i-1's u and uses sigma = u . (W v), the gradient
+  through the kernel only; u and v are stored after the last. In eval every call uses the stored vectors.
+  `module`'s `u` (out,) and `v` (in,) are created here, after its kernel, as `spectral_norm`'s modules do.
+  """
+  u = _unit_vector(module, "u", kernel.shape[-1])
+  v = _unit_vector(module, "v", kernel.size // kernel.shape[-1])
+  vectors = [(u.value, v.value)] * num_calls
+  if update_stats and not module.is_initializing():
+    fixed, vectors = jax.lax.stop_gradient(kernel), []
+    for _ in range(num_calls):
+      new_v = sn_lib.normalize(rmatvec(fixed, vectors[-1][0] if vectors else u.value))
+      vectors.append((sn_lib.normalize(matvec(fixed, new_v)), new_v))
+    u.value, v.value = vectors[-1]
+  sg = jax.lax.stop_gradient
+  return jnp.stack([jnp.dot(sg(a), matvec(kernel, sg(b))) for a, b in vectors])
 
 
-def _sigma(kernel_hwio, u, v):
-  """`spectral_norm.sigma`: u . (W v), the gradient through the kernel only."""
-  return jnp.dot(jax.lax.stop_gradient(u), _matvec(kernel_hwio, jax.lax.stop_gradient(v)))
+def _unit_vector(module, name: str, size: int):
+  return module.variable(sn_lib.SPECTRAL_STATS, name,
+                         lambda: sn_lib.normalize(jax.random.normal(module.make_rng("params"), (size,))))
+
+
+def _per_call(y, scale):
+  """y (num_calls * B, ...) with each call's rows divided by its entry of scale (num_calls,)."""
+  return (y.reshape(scale.shape[0], -1) / scale[:, None].astype(y.dtype)).reshape(y.shape)
 
 
 class SNConv(nn.Module):
-  """`spectral_norm.SNConv` with a 4x4 kernel and no padding (same variables: `kernel`, `bias`; `u`, `v` in
-  SPECTRAL_STATS), that divides the convolution's output by sigma instead of the kernel: conv(x, W) / sigma =
-  conv(x, W / sigma), and the gradient then needs no pass over the kernel for sigma (d sigma = -sum(dy * y) /
-  sigma over the output, not sum(dW * W) over the kernel) and no normalised copy of it. The global D's
-  1024->2048 layer (134 MB of kernel) is memory-bound, so each kernel-sized pass counts.
+  """`spectral_norm.SNConv` with a 4x4 kernel and no padding (same variables and init: `kernel`, `bias`; `u`, `v`
+  in SPECTRAL_STATS) for `num_calls` calls' inputs stacked on the batch axis, each normalised by its own sigma
+  (`_call_sigmas`) as separate calls would be, in one convolution. The output is divided by sigma instead of the
+  kernel: conv(x, W) / sigma = conv(x, W / sigma), so the gradient needs no normalised copy of the kernel and
+  no kernel-sized reduction for sigma (its term is -sum(dy * y) / sigma over the output). The global D's
+  1024->2048 layer (134 MB of kernel) is memory-bound: each pass over its kernel counts, and the real and fake
+  images of a D step share one.
   """
 
   features: int
@@ -137,23 +157,36 @@ class SNConv(nn.Module):
   bias_init: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, update_stats: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, update_stats: bool, num_calls: int = 1) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features))
     kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))  # sigma in float32, as SNConv.
-    u = self._unit_vector("u", self.features)
-    v = self._unit_vector("v", x.shape[-1] * 16)
-    if update_stats and not self.is_initializing():
-      u.value, v.value = _power_iteration(kernel, u.value)
-    sigma = _sigma(kernel, u.value, v.value)
-    y = conv_lib.conv(x, kernel.astype(x.dtype), self.strides, "VALID") / sigma.astype(x.dtype)
+    sigmas = _call_sigmas(self, kernel, _matvec, _rmatvec, update_stats=update_stats, num_calls=num_calls)
+    y = _per_call(conv_lib.conv(x, kernel.astype(x.dtype), self.strides, "VALID"), sigmas)
     if self.use_bias:
       y += self.param("bias", self.bias_init, (self.features,)).astype(y.dtype)
     return y
 
-  def _unit_vector(self, name: str, size: int):
-    # Drawn in SNConv's order (kernel, u, v, bias), so `init` gives the same values.
-    return self.variable(sn_lib.SPECTRAL_STATS, name,
-                         lambda: sn_lib.normalize(jax.random.normal(self.make_rng("params"), (size,))))
+
+class SNDense(nn.Module):
+  """`spectral_norm.SNDense` (same variables and init) for `num_calls` calls stacked on the batch axis, as
+  `SNConv`."""
+
+  features: int
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, update_stats: bool, num_calls: int = 1) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
+    # torch's W is the (out, in) transpose of the kernel: W v = v @ kernel, W^T u = kernel @ u.
+    sigmas = _call_sigmas(self, kernel, lambda k, v: v @ k, lambda k, u: k @ u, update_stats=update_stats,
+                          num_calls=num_calls)
+    y = _per_call(x @ kernel.astype(x.dtype), sigmas)
+    if self.use_bias:
+      y += self.param("bias", self.bias_init, (self.features,)).astype(y.dtype)
+    return y
 
 
 def _dense(features, fan_in, *, name, use_bias=False):
@@ -278,13 +311,13 @@ class ResnetGenerator(nn.Module):
     return GeneratorOutput(image, cam_logit, heatmap)
 
 
-def _cam(x, gap_fc, gmp_fc, *, update_stats=None):
+def _cam(x, gap_fc, gmp_fc, **kwargs):
   """Both pooled logits, and x scaled by each layer's raw kernel, concatenated: (features (B, H, W, 2C), (B, 2)).
 
   The scales are the layers' parameters as stored (for spectral-norm layers `weight_orig`, not the normalised
-  weight the logits use): UGATIT-pytorch's networks.py reads them as `list(fc.parameters())[0]`.
+  weight the logits use): UGATIT-pytorch's networks.py reads them as `list(fc.parameters())[0]`. kwargs go to
+  both layers (the discriminator's update_stats, num_calls).
   """
-  kwargs = {} if update_stats is None else {"update_stats": update_stats}
   gap_logit = gap_fc(x.mean(axis=(1, 2)), **kwargs)
   gmp_logit = gmp_fc(x.max(axis=(1, 2)), **kwargs)
   gap_weight = gap_fc.variables["params"]["kernel"][:, 0].astype(x.dtype)
@@ -297,7 +330,9 @@ class Discriminator(nn.Module):
   """The original's Discriminator(input_nc=3, ndf, n_layers), plus Face2webtoon's group head if num_groups > 0.
 
   `update_stats=True` (training) runs one power iteration of every spectral norm (`spectral_stats` mutable);
-  False (eval) uses the stored vectors, as torch's train/eval modes do.
+  False (eval) uses the stored vectors, as torch's train/eval modes do. `num_calls` > 1: x is that many calls'
+  batches stacked (equal sizes, in call order), judged as by separate calls (in training each runs its own
+  power iteration, from the previous call's vectors) in one pass over the weights: the D step's real and fake.
   """
 
   ndf: int = 64
@@ -305,30 +340,30 @@ class Discriminator(nn.Module):
   num_groups: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, update_stats: bool) -> DiscriminatorOutput:
+  def __call__(self, x: jax.Array, *, update_stats: bool, num_calls: int = 1) -> DiscriminatorOutput:
     strided = self.n_layers - 2
     if min(x.shape[1:3]) // 2 ** strided < 3:
       raise ValueError(f"a U-GAT-IT discriminator with n_layers {self.n_layers} needs images of at least "
                        f"{3 * 2 ** strided} px (its last 4x4 conv would have no output), got "
                        f"{tuple(x.shape[1:3])}")
+    if x.shape[0] % num_calls:
+      raise ValueError(f"a batch of {x.shape[0]} does not split into {num_calls} calls")
+    sn = dict(update_stats=update_stats, num_calls=num_calls)
     leaky = lambda y: nn.leaky_relu(y, _LEAKY_SLOPE)
     for i in range(strided):
-      x = leaky(_sn_conv(x, self.ndf * 2 ** i, stride=2, use_bias=True, update_stats=update_stats,
-                         name=f"conv_{i}"))
-    x = leaky(_sn_conv(x, self.ndf * 2 ** strided, stride=1, use_bias=True, update_stats=update_stats,
-                       name=f"conv_{strided}"))
+      x = leaky(_sn_conv(x, self.ndf * 2 ** i, stride=2, use_bias=True, name=f"conv_{i}", **sn))
+    x = leaky(_sn_conv(x, self.ndf * 2 ** strided, stride=1, use_bias=True, name=f"conv_{strided}", **sn))
 
     channels = x.shape[-1]
-    sn_dense = lambda name: sn_lib.SNDense(1, use_bias=False, kernel_init=_TORCH_KERNEL_INIT, name=name)
-    x, cam_logit = _cam(x, sn_dense("gap_fc"), sn_dense("gmp_fc"), update_stats=update_stats)
+    sn_dense = lambda name: SNDense(1, use_bias=False, kernel_init=_TORCH_KERNEL_INIT, name=name)
+    x, cam_logit = _cam(x, sn_dense("gap_fc"), sn_dense("gmp_fc"), **sn)
     x = leaky(_conv(x, channels, 1, use_bias=True, name="conv1x1"))
     heatmap = x.sum(axis=-1, keepdims=True)
     group_logit = None
     if self.num_groups:
-      group_logit = sn_lib.SNDense(self.num_groups, kernel_init=_TORCH_KERNEL_INIT,
-                                   bias_init=_torch_bias_init(channels), name="group_classifier")(
-                                       x.mean(axis=(1, 2)), update_stats=update_stats)
-    out = _sn_conv(x, 1, stride=1, use_bias=False, update_stats=update_stats, name="conv_out")
+      group_logit = SNDense(self.num_groups, kernel_init=_TORCH_KERNEL_INIT, bias_init=_torch_bias_init(channels),
+                            name="group_classifier")(x.mean(axis=(1, 2)), **sn)
+    out = _sn_conv(x, 1, stride=1, use_bias=False, name="conv_out", **sn)
     return DiscriminatorOutput(out, cam_logit, heatmap, group_logit)
 
 
