@@ -1,0 +1,348 @@
+"""EfficientNet B0-B7 (Tan & Le 2019) as lukemelas/EfficientNet-PyTorch 0.7.1 (`efficientnet_pytorch`) builds it.
+
+SSuperGAN embeds comic panels with `EfficientNet.from_pretrained("efficientnet-b5", num_classes=embed)`; this
+module is that network, layer for layer, so its ImageNet weights convert one to one (`convert/efficientnet.py`):
+
+- stem: 3x3 stride-2 conv (no bias), BatchNorm, Swish;
+- MBConv blocks from the seven base stages scaled by the variant's width (`round_filters`: multiple of 8, never
+  below 90% of the scaled width) and depth (`round_repeats`: ceil): 1x1 expansion conv + BN + Swish (expand
+  ratio 6; absent for ratio 1), depthwise kxk conv + BN + Swish, squeeze-excitation (spatial mean, 1x1 convs
+  with bias to max(1, int(input_filters / 4)) channels and back, Swish between, sigmoid gate), 1x1 projection +
+  BN; the residual add where a block keeps its stride 1 and width, with drop-connect (stochastic depth) of rate
+  `drop_connect_rate * index / num_blocks` in training (per example: survive with 1 - rate, scaled by
+  1 / (1 - rate); rng "dropout");
+- head: 1x1 conv to round_filters(1280) + BN + Swish, spatial mean, dropout (the variant's rate), Linear.
+
+BatchNorm as torch's BatchNorm2d(eps 1e-3, momentum 0.01): batch statistics in training with the biased
+variance, the running variance updated with the unbiased one (flax's `nn.BatchNorm` keeps the biased one,
+which a converted checkpoint's `running_var` is not), running statistics in the "batch_stats" collection.
+
+Padding is the original's `Conv2dStaticSamePadding`: TF-"SAME" padding, but computed once, when the model is
+built, for the variant's default image size (b5: 456), and applied unchanged to any input. Stride-1 convs pad
+(k - 1) / 2 on every side whatever the size; the stride-2 ones pad what SAME would at 456 px, so on SSuperGAN's
+300 px panels b5's third reduction is 37x37 where SAME would give 38x38. `static_pad_size` is the image size the
+padding is computed for (default: the variant's own, as `from_name`/`from_pretrained` build it).
+
+Initialisation is torch's default (kaiming_uniform(a=sqrt(5)) kernels, uniform(+-1/sqrt(fan_in)) biases, BN
+scale 1 and bias 0), which is what a fresh head (`from_pretrained(..., num_classes != 1000)`) gets.
+Inputs are NHWC; normalise them as the caller's original does (SSuperGAN feeds panels in [-1, 1] straight in).
+Variable names are torch's without the underscore (`conv_stem`, `blocks_12/depthwise_conv`, `fc`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facegen_jax import npz
+from facegen_jax.errors import DataError
+
+BN_EPSILON = 1e-3
+BN_MOMENTUM = 0.01  # torch's convention: new = (1 - m) * running + m * batch (TF's 0.99).
+DROP_CONNECT_RATE = 0.2  # The same for every variant in efficientnet_pytorch.
+DEPTH_DIVISOR = 8
+SE_RATIO = 0.25
+
+
+class Variant(NamedTuple):
+  """Compound-scaling coefficients (`efficientnet_params`)."""
+  width: float
+  depth: float
+  image_size: int  # The default resolution, which the static padding is computed for.
+  dropout: float  # Dropout before the final Linear.
+
+
+VARIANTS = {
+    "efficientnet-b0": Variant(1.0, 1.0, 224, 0.2),
+    "efficientnet-b1": Variant(1.0, 1.1, 240, 0.2),
+    "efficientnet-b2": Variant(1.1, 1.2, 260, 0.3),
+    "efficientnet-b3": Variant(1.2, 1.4, 300, 0.3),
+    "efficientnet-b4": Variant(1.4, 1.8, 380, 0.4),
+    "efficientnet-b5": Variant(1.6, 2.2, 456, 0.4),
+    "efficientnet-b6": Variant(1.8, 2.6, 528, 0.5),
+    "efficientnet-b7": Variant(2.0, 3.1, 600, 0.5),
+}
+
+
+class Stage(NamedTuple):
+  repeats: int
+  kernel: int
+  stride: int
+  expand: int
+  in_filters: int
+  out_filters: int
+
+
+# B0's stages (efficientnet_pytorch's block strings 'r1_k3_s11_e1_i32_o16_se0.25', ...); every stage has SE 0.25.
+BASE_STAGES = (
+    Stage(1, 3, 1, 1, 32, 16),
+    Stage(2, 3, 2, 6, 16, 24),
+    Stage(2, 5, 2, 6, 24, 40),
+    Stage(3, 3, 2, 6, 40, 80),
+    Stage(3, 5, 1, 6, 80, 112),
+    Stage(4, 5, 2, 6, 112, 192),
+    Stage(1, 3, 1, 6, 192, 320),
+)
+
+
+class BlockSpec(NamedTuple):
+  """One MBConv block of a built network, with the padding its depthwise conv was given."""
+  kernel: int
+  stride: int
+  in_filters: int
+  hidden: int  # in_filters * the expand ratio
+  expand: bool  # an expansion conv (ratio != 1)
+  se_filters: int
+  out_filters: int
+  pad: tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right)) of the depthwise conv
+  skip: bool  # residual add (and drop-connect)
+
+
+def variant_coefficients(variant: str) -> Variant:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown EfficientNet variant {variant!r}; one of {', '.join(VARIANTS)}")
+  return VARIANTS[variant]
+
+
+def round_filters(filters: int, width: float) -> int:
+  """`utils.round_filters`: width-scaled channels, a multiple of 8, rounded up if rounding lost over 10%."""
+  scaled = filters * width
+  rounded = max(DEPTH_DIVISOR, int(scaled + DEPTH_DIVISOR / 2) // DEPTH_DIVISOR * DEPTH_DIVISOR)
+  if rounded < 0.9 * scaled:
+    rounded += DEPTH_DIVISOR
+  return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+  return int(math.ceil(depth * repeats))
+
+
+def _pair(size) -> tuple[int, int]:
+  return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def same_padding(size: tuple[int, int], kernel: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """`Conv2dStaticSamePadding`'s padding for an input of `size` (H, W): SAME's, the odd pixel after."""
+  pads = []
+  for length in size:
+    total = max((math.ceil(length / stride) - 1) * stride + kernel - length, 0)
+    pads.append((total // 2, total - total // 2))
+  return tuple(pads)
+
+
+def _reduced(size: tuple[int, int], stride: int) -> tuple[int, int]:
+  """`calculate_output_image_size`: the size the next layers' padding is computed for."""
+  return tuple(math.ceil(length / stride) for length in size)
+
+
+def block_specs(variant: str, static_pad_size=None) -> list[BlockSpec]:
+  """The blocks `EfficientNet(variant)` builds, their depthwise padding computed for `static_pad_size`."""
+  coefficients = variant_coefficients(variant)
+  size = _reduced(_pair(static_pad_size or coefficients.image_size), 2)  # after the stem
+  specs = []
+  for stage in BASE_STAGES:
+    in_filters = round_filters(stage.in_filters, coefficients.width)
+    out_filters = round_filters(stage.out_filters, coefficients.width)
+    for repeat in range(round_repeats(stage.repeats, coefficients.depth)):
+      stride = stage.stride if repeat == 0 else 1
+      hidden = in_filters * stage.expand
+      # The original compares its stride, a one-element list for a stage's first block, with 1: that block
+      # never skips, but it changes the width anyway, so `stride == 1 and same width` is the same rule.
+      specs.append(BlockSpec(
+          kernel=stage.kernel, stride=stride, in_filters=in_filters, hidden=hidden, expand=stage.expand != 1,
+          se_filters=max(1, int(in_filters * SE_RATIO)), out_filters=out_filters,
+          pad=same_padding(size, stage.kernel, stride), skip=stride == 1 and in_filters == out_filters))
+      size = _reduced(size, stride)
+      in_filters = out_filters
+  return specs
+
+
+def head_filters(variant: str) -> int:
+  return round_filters(1280, variant_coefficients(variant).width)
+
+
+# torch's kaiming_uniform_(w, a=sqrt(5)): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1 / sqrt(fan_in).
+_TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def _torch_bias_init(fan_in: int):
+  bound = 1 / np.sqrt(fan_in)
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def swish(x: jax.Array) -> jax.Array:
+  return x * jax.nn.sigmoid(x)
+
+
+class Conv(nn.Module):
+  """Conv2d with explicit (static) padding, torch's init; `groups == features` makes it depthwise."""
+
+  features: int
+  kernel: int = 1
+  stride: int = 1
+  pad: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+  groups: int = 1
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_per_group = x.shape[-1] // self.groups
+    kernel = self.param("kernel", _TORCH_KERNEL_INIT, (self.kernel, self.kernel, in_per_group, self.features))
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (self.stride, self.stride), self.pad,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+    if self.use_bias:
+      y = y + self.param("bias", _torch_bias_init(self.kernel * self.kernel * in_per_group), (self.features,))
+    return y
+
+
+class BatchNorm(nn.Module):
+  """torch's BatchNorm2d(eps 1e-3, momentum 0.01): running variance updated with the unbiased batch variance."""
+
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,))
+    bias = self.param("bias", nn.initializers.zeros, (channels,))
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    dtype, x = x.dtype, x.astype(jnp.float32)  # statistics in float32 also under bfloat16 compute
+    if train:
+      mean = x.mean(axis=(0, 1, 2))
+      var = jnp.square(x - mean).mean(axis=(0, 1, 2))
+      if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+        count = x.size // channels
+        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+        running_var.value = ((1 - self.momentum) * running_var.value
+                             + self.momentum * var * (count / max(count - 1, 1)))
+    else:
+      mean, var = running_mean.value, running_var.value
+    factor = scale * jax.lax.rsqrt(var + self.epsilon)
+    return (x * factor + (bias - mean * factor)).astype(dtype)
+
+
+def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+  """`utils.drop_connect`: each example's residual branch kept with probability 1 - rate, scaled up by 1/(1 - rate)."""
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MBConvBlock(nn.Module):
+  """`model.MBConvBlock`: expansion, depthwise conv, squeeze-excitation, projection, residual with drop-connect."""
+
+  spec: BlockSpec
+  drop_connect_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
+    spec = self.spec
+    x = inputs
+    if spec.expand:
+      x = swish(BatchNorm(name="bn0")(Conv(spec.hidden, name="expand_conv")(x), train=train))
+    x = Conv(spec.hidden, spec.kernel, spec.stride, spec.pad, groups=spec.hidden, name="depthwise_conv")(x)
+    x = swish(BatchNorm(name="bn1")(x, train=train))
+    squeezed = x.mean(axis=(1, 2), keepdims=True)
+    squeezed = swish(Conv(spec.se_filters, use_bias=True, name="se_reduce")(squeezed))
+    x = jax.nn.sigmoid(Conv(spec.hidden, use_bias=True, name="se_expand")(squeezed)) * x
+    x = BatchNorm(name="bn2")(Conv(spec.out_filters, name="project_conv")(x), train=train)
+    if spec.skip:
+      if train and self.drop_connect_rate:
+        x = drop_connect(x, self.drop_connect_rate, self.make_rng("dropout"))
+      x = x + inputs
+    return x
+
+
+class EfficientNet(nn.Module):
+  """`EfficientNet.from_name(variant, num_classes=num_classes)`: (B, H, W, 3) -> (B, num_classes).
+
+  `features_only` returns the pooled head features (B, head_filters(variant)) instead (before dropout and fc;
+  `features` is the same as a method). The input of each stride-2 block and the last blocks' and head's
+  outputs are sown as `intermediates/reduction_{1..6}` (the original's `extract_endpoints`).
+  """
+
+  variant: str = "efficientnet-b5"
+  num_classes: int = 1000
+  static_pad_size: int | Sequence[int] | None = None  # default: the variant's image size
+  dropout_rate: float | None = None  # default: the variant's
+  drop_connect_rate: float = DROP_CONNECT_RATE
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool, features_only: bool = False) -> jax.Array:
+    coefficients = variant_coefficients(self.variant)
+    pad_size = _pair(self.static_pad_size or coefficients.image_size)
+    specs = block_specs(self.variant, pad_size)
+    stem = round_filters(32, coefficients.width)
+    x = Conv(stem, 3, 2, same_padding(pad_size, 3, 2), name="conv_stem")(x)
+    x = swish(BatchNorm(name="bn0")(x, train=train))
+    reductions = 0
+    for index, spec in enumerate(specs):
+      if spec.stride > 1:  # the original's test is on the map size, which a stride-2 block always reduces
+        reductions += 1
+        self.sow("intermediates", f"reduction_{reductions}", x)
+      rate = self.drop_connect_rate * index / len(specs)
+      x = MBConvBlock(spec, rate, name=f"blocks_{index}")(x, train=train)
+    self.sow("intermediates", f"reduction_{reductions + 1}", x)
+    x = Conv(head_filters(self.variant), name="conv_head")(x)
+    x = swish(BatchNorm(name="bn1")(x, train=train))
+    self.sow("intermediates", f"reduction_{reductions + 2}", x)
+    x = x.mean(axis=(1, 2))
+    if features_only:
+      return x
+    rate = coefficients.dropout if self.dropout_rate is None else self.dropout_rate
+    x = nn.Dropout(rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, kernel_init=_TORCH_KERNEL_INIT, bias_init=_torch_bias_init(x.shape[-1]),
+                    name="fc")(x)
+
+  def features(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The pooled head features (B, head_filters(variant)), as `extract_features` + `_avg_pooling`."""
+    return self(x, train=train, features_only=True)
+
+
+def abstract_variables(variant: str, num_classes: int) -> dict:
+  """{"params", "batch_stats"} as ShapeDtypeStructs (the padding does not change any shape)."""
+  module = EfficientNet(variant, num_classes)
+  image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), image)
+
+
+def load_variables(path, variant: str | None = None) -> dict:
+  """{"params", "batch_stats"} from the .npz `python -m facegen_jax.convert efficientnet` writes (numpy).
+
+  `variant` (default: the one the file records) must match the file's; the head's size comes from the file.
+  A missing file, another variant's file or a wrong array raises one DataError naming the fix.
+  """
+  fix = ("convert efficientnet_pytorch's weights with `python -m facegen_jax.convert efficientnet "
+         f"--checkpoint {variant or 'efficientnet-bN'}-XXXX.pth --out {path}`")
+  arrays = npz.read(path, "EfficientNet weights", fix)
+  stored = str(arrays.pop("variant", np.array(""))) or None
+  if stored not in VARIANTS:
+    raise DataError(f"EfficientNet weights {path} record no known variant ({stored!r}): {fix}")
+  if variant is not None and variant != stored:
+    raise DataError(f"EfficientNet weights {path} are {stored}'s, not {variant}'s: {fix.replace(str(path), 'FILE')}")
+  fc = arrays.get("params/fc/kernel")
+  if fc is None or fc.ndim != 2:
+    raise DataError(f"EfficientNet weights {path}: params/fc/kernel is missing: {fix}")
+  abstract = abstract_variables(stored, int(fc.shape[1]))
+  shapes = {"/".join(map(str, (collection,) + tuple(k.key for k in keys))): leaf.shape
+            for collection, tree in abstract.items()
+            for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = npz.expected(arrays, shapes, path, "EfficientNet weights", fix)
+  out: dict = {}
+  for name, value in flat.items():
+    node = out
+    *parents, leaf = name.split("/")
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return out
