@@ -23,6 +23,10 @@ step's shards in that step's group; a record's crop and flip come from its posit
 stream. An unreadable file is replaced by the next readable record of its group's stream, so a step never
 mixes groups. (Face2webtoon's UGATIT.next_iter sorts its group list and its first step, step 1, draws the
 second group; here the order is as configured and step 0 draws groups[0].)
+
+With `config.input.record = "panels"` the records are comic panel sequences (SSuperGAN's) instead of faces: the
+same `source` names build input_pipeline/panels.py's sources, whose records come at their final sizes, so the
+resize, crop and flip are skipped (the fields are documented there). One source; no domains or groups.
 """
 
 from collections.abc import Mapping, Sequence
@@ -39,6 +43,7 @@ from ml_collections import config_dict
 import numpy as np
 
 from facegen_jax.errors import ConfigError, DataError
+from input_pipeline import panels
 from input_pipeline import sources
 from input_pipeline import synthetic
 from input_pipeline import transforms
@@ -113,6 +118,12 @@ def default_input_config() -> ml_collections.ConfigDict:
   config.read_threads = 8              # Threads decoding and transforming records (in each process, per domain).
   config.prefetch_buffer_size = 128    # Records decoded ahead of the consumer (in each process, per domain).
   _add_source_settings(config, synthetic_domain="photo", synthetic_seed=0)
+  # "image": faces (the batch fields of create_train_iterator); "panels": comic panel sequences, a target panel
+  # with its face painted white and the face itself (input_pipeline/panels.py), from the same sources: synthetic
+  # sequences, folder.image_dir = a folder of sequences, or tfds.name = "golden_panels".
+  config.record = "image"
+  # num_panels, panel_size, face_size (the same setting as resolution), domain, torchvision_resize.
+  config.panels = panels.default_config(config.get_ref("resolution"))
   return config
 
 
@@ -303,6 +314,9 @@ def _label_mapping(value, field: str) -> dict[int, int] | None:
 def validate(input_config) -> None:
   """Raises ConfigError for the first setting that cannot work, naming the flag to change."""
   c = input_config
+  record = panels.record_kind(c)
+  if record not in panels.RECORDS:
+    raise ConfigError(f"input.record {record!r} is unknown: set --config.input.record to one of {panels.RECORDS}")
   settings = _domain_settings(c)
   for s, flag in settings.values():
     if s.source not in SOURCES:
@@ -320,6 +334,9 @@ def validate(input_config) -> None:
   for field, minimum in (("worker_count", 0), ("read_threads", 1), ("prefetch_buffer_size", 1)):
     if c[field] < minimum:
       raise ConfigError(f"input.{field} {c[field]} is below {minimum}: fix --config.input.{field}")
+  if record == "panels":
+    panels.validate(c)  # Its own sizes and sources; resolution is the face size.
+    return
   group_ids(c)
   for index, (s, flag) in enumerate(settings.values()):
     _validate_source(c, s, flag, index)
@@ -358,6 +375,8 @@ def _validate_source(c, s, flag: str, index: int) -> None:
 
 
 def _build_source(c, s, flag: str, index: int) -> grain.sources.RandomAccessDataSource:
+  if panels.record_kind(c) == "panels":
+    return panels.create_source(c)
   if s.source == "synthetic":
     domain, seed = _synthetic_domain_and_seed(s, index)
     counts = _group_counts(s.synthetic.get("group_counts"), flag)
@@ -467,7 +486,9 @@ def _stream_seeds(seed: int, domain: str = "", group: int | None = None) -> tupl
 
 
 def _transformed(c, ds: grain.MapDataset, augment_seed: int) -> grain.MapDataset:
-  """An infinite stream of records, resized, cropped and flipped."""
+  """An infinite stream of records, resized, cropped and flipped (panel records come at their final sizes)."""
+  if panels.record_kind(c) == "panels":
+    return ds
   ds = ds.map(transforms.Resize(load_size(c), c.resize))
   # Before sharding (and before the groups' round-robin), so a record's crop and flip depend on its position
   # in its stream, not on how many processes read it.
@@ -649,6 +670,8 @@ def create_train_iterator(input_config: ml_collections.ConfigDict, *, seed: int,
                  "identity", "male", ... (synthetic), int_keys (TFDS);
     other spatial fields (H, W[, C]) resized (nearest), cropped and flipped with the image; int32, or
     float32 if stored as floats.
+  With config.input.record = "panels": "panels", "image" (the target face) and "face_box", see
+  input_pipeline/panels.py.
   With config.input.domains = ("a", "b") every key is prefixed by its domain ("a/image", "b/group", ...;
   `field_domain` splits them) and each domain's records come from its own stream. With config.input.groups
   every record of batch k, in every domain, is of group groups[k % len(groups)] (in "group", "a/group", ...).
@@ -707,6 +730,8 @@ def describe(input_config, source=None) -> str:
   groups' round-robin and every domain's records per group (with config.input.groups)."""
   c = input_config
   by_domain = _sources_by_domain(c, source)
+  if panels.record_kind(c) == "panels":
+    return panels.describe(c, by_domain[""])
   settings = _domain_settings(c)
   height, width = resolution_hw(c)
   augment = [f"load {load_size(c)}"] if load_size_hw(c) != (height, width) else []

@@ -315,11 +315,14 @@ def open_tfds(name: str, *, split: str, data_dir: str | None, flag: str = "input
   """`tfds.data_source(...)`, with one-line errors for the ways a dataset can be missing."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Slow; only this source needs it.
   from input_pipeline import celebamask_hq  # pylint: disable=g-import-not-at-top,unused-import  # Registers it.
+  from input_pipeline import golden_panels  # pylint: disable=g-import-not-at-top,unused-import  # Registers it.
 
   searched = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   build_cmd = f"`tfds build {name} --data_dir={searched} --file_format=array_record`"
   if name.split("/")[0] == celebamask_hq.CelebAMaskHQ.name:  # `tfds build` needs apache_beam; this does not.
     build_cmd = f"`{celebamask_hq.PREPARE_COMMAND}`"
+  if name.split("/")[0] == golden_panels.NAME:
+    build_cmd = f"`{golden_panels.PREPARE_COMMAND}`"
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:

@@ -107,13 +107,13 @@ def field_name(key: str) -> str:
 
 
 def to_float(example: dict) -> dict:
-  """The dtypes the train step expects: image float32 in [-1, 1]; mask float32 (..., 1) in {0, 1} with
-  1 = hole; landmarks and other float fields float32; label and other ints int32. Keys may carry a domain
-  prefix ("a/image")."""
+  """The dtypes the train step expects: image (and panel records' panels) float32 in [-1, 1]; mask float32
+  (..., 1) in {0, 1} with 1 = hole; landmarks and other float fields float32; label and other ints int32. Keys
+  may carry a domain prefix ("a/image")."""
   out = {}
   for key, value in example.items():
     name = field_name(key)
-    if name == "image":
+    if name in ("image", "panels"):
       # ascontiguousarray: a flipped view would otherwise be copied again by every consumer.
       out[key] = np.ascontiguousarray(value, np.float32) / np.float32(127.5) - np.float32(1.0)
     elif name == "mask":
