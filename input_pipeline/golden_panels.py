@@ -25,7 +25,6 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from facegen_jax.errors import DataError
@@ -130,9 +129,7 @@ def _check_files(panel_dir: str, sequence_file: str, sequences) -> None:
       with open(full, "rb") as f:
         panels_lib.decode_panel(f.read(), f"panel '{full}' of {where}")
       checked.add(path)
-    x1, y1, x2, y2 = (int(v) for v in panel_areas[-1])
-    stand_in = Image.new("RGB", (max(x2, 1), max(y2, 1)))  # Crops only need the areas, not the pixels.
-    panels_lib.golden_crops([stand_in] * len(paths), panel_areas, face_areas[-1], where)
+    panels_lib.golden_face_box(panel_areas, face_areas[-1], where)
 
 
 class GoldenPanels(tfds.core.GeneratorBasedBuilder):

@@ -546,22 +546,26 @@ def export_sequences(records: Iterable[Mapping], seq_dir: str, ids: Iterable[str
 # Golden Age panels (TFDS).
 
 
-def golden_crops(images: Sequence[Image.Image], panel_areas, face_area, where: str):
-  """SSuperGAN's crops of one sequence: each panel image cropped to its panel_area [x1, y1, x2, y2] (PIL's crop:
-  black outside the image, as TF.crop of a PIL image), and the last panel's face_area shifted by its panel_area's
-  origin and clipped to the crop. Returns (uint8 crops, face box)."""
-  crops = []
-  for image, area in zip(images, panel_areas):
+def golden_face_box(panel_areas, face_area, where: str) -> tuple[int, int, int, int]:
+  """The last panel's face_area [x1, y1, x2, y2] shifted by its panel_area's origin and clipped to that crop, as
+  GoldenPanelsDataset's f_shifted; a DataError naming `where` if an area is empty or the box leaves the crop."""
+  for area in panel_areas:
     x1, y1, x2, y2 = (int(v) for v in area)
     if x2 <= x1 or y2 <= y1:
       raise DataError(f"{where}: panel_area {[x1, y1, x2, y2]} is empty: rebuild the sequence JSON")
-    crops.append(np.asarray(image.crop((x1, y1, x2, y2))))
-  px, py = int(panel_areas[-1][0]), int(panel_areas[-1][1])
-  height, width = crops[-1].shape[:2]
+  px1, py1, px2, py2 = (int(v) for v in panel_areas[-1])
   fx1, fy1, fx2, fy2 = (int(v) for v in face_area)
-  box = (max(fx1 - px, 0), max(fy1 - py, 0), min(fx2 - px, width), min(fy2 - py, height))
-  panel_area = [int(v) for v in panel_areas[-1]]
-  return crops, check_box(box, width, height, f"{where} (face_area {[fx1, fy1, fx2, fy2]} in panel_area {panel_area})")
+  box = (max(fx1 - px1, 0), max(fy1 - py1, 0), min(fx2 - px1, px2 - px1), min(fy2 - py1, py2 - py1))
+  return check_box(box, px2 - px1, py2 - py1,
+                   f"{where} (face_area {[fx1, fy1, fx2, fy2]} in panel_area {[px1, py1, px2, py2]})")
+
+
+def golden_crops(images: Sequence[Image.Image], panel_areas, face_area, where: str):
+  """SSuperGAN's crops of one sequence: each panel image cropped to its panel_area (PIL's crop: black outside the
+  image, as TF.crop of a PIL image), and `golden_face_box`. Returns (uint8 crops, face box)."""
+  box = golden_face_box(panel_areas, face_area, where)
+  crops = [np.asarray(image.crop(tuple(int(v) for v in area))) for image, area in zip(images, panel_areas)]
+  return crops, box
 
 
 def decode_panel(data: bytes, where: str) -> Image.Image:

@@ -440,6 +440,11 @@ def test_golden_builder_errors_name_the_file_and_the_fix(tmp_path):
   with pytest.raises(DataError, match=r"entry '0' \(face_area \[300, 300, 320, 320\] in panel_area .*\): face box "
                                       r"\[295, 288, 100, 100\] is empty or outside"):
     prepare(manual_dir)
+  manual_dir, sequences = build("empty")
+  sequences["1"][1][0][0] = [10, 10, 10, 50]
+  write(manual_dir, sequences)
+  with pytest.raises(DataError, match=r"entry '1': panel_area \[10, 10, 10, 50\] is empty: rebuild the sequence"):
+    prepare(manual_dir)
   manual_dir, _ = build("nojson")
   os.rename(os.path.join(manual_dir, "panel_face_areas.json"), os.path.join(manual_dir, "a.txt"))
   with pytest.raises(DataError, match=r"holds 0 JSON files \[\] and no panel_face_areas.json: name the sequence"):
