@@ -218,7 +218,7 @@ class VAE(nn.Module):
   def decode(self, z: jax.Array, *, train: bool) -> jax.Array:
     return self.decoder(z, train=train)
 
-  def __call__(self, x: jax.Array, *, train: bool, noise: jax.Array | None = None) -> VAEOutput:
+  def __call__(self, x: jax.Array, noise: jax.Array | None = None, *, train: bool) -> VAEOutput:
     """noise (B, latent) ~ N(0, 1) samples z; without it z = mu (a reconstruction)."""
     mu, log_std = self.encode(x, train=train)
     z = _sample(mu, log_std, noise)
@@ -369,7 +369,7 @@ class PlainSSuperVAE(nn.Module):
   def decode(self, z: jax.Array, *, train: bool) -> jax.Array:
     return self.decoder(z, train=train)
 
-  def __call__(self, panels: jax.Array, *, train: bool, noise: jax.Array | None = None) -> VAEOutput:
+  def __call__(self, panels: jax.Array, noise: jax.Array | None = None, *, train: bool) -> VAEOutput:
     """noise (B, latent) ~ N(0, 1) samples z; without it z = mu (the original's reconstruct)."""
     mu, log_std = self.encode(panels, train=train)
     z = _sample(mu, log_std, noise)
@@ -449,7 +449,7 @@ class SSuperDCGAN(nn.Module):
     """z (B, latent) -> faces (B, 64, 64, 3) in [-1, 1]."""
     return self.generator(z, train=train)
 
-  def __call__(self, panels: jax.Array, *, train: bool, noise: jax.Array | None = None) -> VAEOutput:
+  def __call__(self, panels: jax.Array, noise: jax.Array | None = None, *, train: bool) -> VAEOutput:
     """noise (B, latent) ~ N(0, 1) samples z as the original's forward; without it z = mu (its reconstruct)."""
     mu, log_std = self.encode(panels, train=train)
     z = _sample(mu, log_std, noise)
