@@ -3,6 +3,7 @@
   python -m facegen_jax.convert vgg19 --from vgg19-dcbb9e9d.pth --out vgg19.npz
   python -m facegen_jax.convert inception --from pt_inception-2015-12-05-6726825d.pth --out inception.npz
   python -m facegen_jax.convert spade --checkpoint latest_net_G.pth --out runs/faceit [--encoder latest_net_E.pth]
+  python -m facegen_jax.convert efficientnet --checkpoint efficientnet-b5-b6417697.pth --out efficientnet-b5.npz
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import sys
 
 from facegen_jax import errors
+from facegen_jax.convert import efficientnet
 from facegen_jax.convert import inception
 from facegen_jax.convert import munit
 from facegen_jax.convert import satnet
@@ -28,6 +30,7 @@ SUBCOMMANDS = {
   "munit": munit,
   "satnet": satnet,
   "sphereface": sphereface,
+  "efficientnet": efficientnet,
 }
 
 

@@ -216,7 +216,8 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (channels,))
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
     running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-    dtype, x = x.dtype, x.astype(jnp.float32)  # statistics in float32 also under bfloat16 compute
+    dtype = x.dtype
+    x = x.astype(jnp.promote_types(dtype, jnp.float32))  # statistics in float32 also under bfloat16 compute
     if train:
       mean = x.mean(axis=(0, 1, 2))
       var = jnp.square(x - mean).mean(axis=(0, 1, 2))
@@ -346,3 +347,14 @@ def load_variables(path, variant: str | None = None) -> dict:
       node = node.setdefault(parent, {})
     node[leaf] = value
   return out
+
+
+def with_fresh_head(variables: dict, num_classes: int, key: jax.Array) -> dict:
+  """`variables` with `fc` replaced by a torch-default-initialised Linear to `num_classes`.
+
+  What `EfficientNet.from_pretrained(variant, num_classes=n)` does for n != 1000: ImageNet weights but a fresh fc.
+  """
+  in_features = variables["params"]["fc"]["kernel"].shape[0]
+  dense = nn.Dense(num_classes, kernel_init=_TORCH_KERNEL_INIT, bias_init=_torch_bias_init(in_features))
+  fc = dense.init(key, jnp.zeros((1, in_features)))["params"]
+  return {**variables, "params": {**variables["params"], "fc": fc}}
