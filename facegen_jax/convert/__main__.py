@@ -4,6 +4,8 @@
   python -m facegen_jax.convert inception --from pt_inception-2015-12-05-6726825d.pth --out inception.npz
   python -m facegen_jax.convert spade --checkpoint latest_net_G.pth --out runs/faceit [--encoder latest_net_E.pth]
   python -m facegen_jax.convert efficientnet --checkpoint efficientnet-b5-b6417697.pth --out efficientnet-b5.npz
+  python -m facegen_jax.convert ssupergan --model vae|intro_vae|plain_ssupervae|ssuper_dcgan --checkpoint FILE \
+      --out DIR [--backbone efficientnet-bN] [--panel_size N]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from facegen_jax.convert import munit
 from facegen_jax.convert import satnet
 from facegen_jax.convert import spade
 from facegen_jax.convert import sphereface
+from facegen_jax.convert import ssupergan
 from facegen_jax.convert import ugatit
 from facegen_jax.convert import vgg19
 
@@ -31,6 +34,7 @@ SUBCOMMANDS = {
   "satnet": satnet,
   "sphereface": sphereface,
   "efficientnet": efficientnet,
+  "ssupergan": ssupergan,
 }
 
 
