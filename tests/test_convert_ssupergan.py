@@ -395,6 +395,34 @@ def test_dcgan_generator_and_discriminator_with_training_batch_norm(dcgan_case):
     assert len(got) == 2 * len(want)
 
 
+def test_ssuper_dcgan_generator_side_in_training(dcgan_case):
+  # Training mode through the backbone too (its BatchNorm over all B * S panels at once, as CNNEmbedder's
+  # reshape does), with dropout and drop-connect off on both sides: the only random parts.
+  reference, converted = dcgan_case
+  module = convert_ssupergan.networks_for(converted.model, **converted.settings)["ssuper_dcgan"]
+  module = module.clone(backbone=module.backbone.clone(dropout_rate=0.0, drop_connect_rate=0.0))
+  trained = copy.deepcopy(reference).train()
+  backbone = trained.seq_encoder.embedder.model
+  backbone._global_params = backbone._global_params._replace(drop_connect_rate=0.0)  # pylint: disable=protected-access
+  backbone._dropout.p = 0.0  # pylint: disable=protected-access
+  rng = np.random.default_rng(5)
+  panels = rng.uniform(-1, 1, (2, 3, _PANEL, _PANEL, 3)).astype(np.float32)
+  noise = rng.normal(0, 1, (2, 8)).astype(np.float32)
+  out, updated = _apply(module, converted.variables["ssuper_dcgan"], panels, noise, train=True,
+                        mutable=["batch_stats"])
+  with torch.no_grad():
+    mu, log_std = trained.seq_encoder(_nchw(panels))
+    image = trained.generator((mu + log_std.exp() * torch.from_numpy(noise))[:, :, None, None])
+  # Batch statistics of 6 panels through b0's 16 blocks: 8e-6 of the range here, so a looser bound.
+  _close(out.mu, mu.numpy(), rtol=3e-5)
+  _close(out.log_std, log_std.numpy(), rtol=3e-5)
+  _close(out.image, _nhwc(image), rtol=3e-5)
+  stem = updated["batch_stats"]["backbone"]["bn0"]
+  before = converted.variables["ssuper_dcgan"]["batch_stats"]["backbone"]["bn0"]["var"]
+  assert np.abs(stem["var"] - before).max() > 1e-4  # moved (momentum 0.01) ...
+  _close(stem["var"], backbone._bn0.running_var.numpy())  # ... as torch's  # pylint: disable=protected-access
+
+
 # --- PlainSSuperVAE ---
 
 
