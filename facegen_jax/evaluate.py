@@ -4,6 +4,7 @@ r"""FID and KID of a trained run's generator, or between two image folders (as p
       [--inception inception.npz] [--stats_dir DIR] [--batch_size 50] [--kid_subsets 100] [--kid_subset_size 1000]
   python -m facegen_jax.evaluate --real faces/ --fake samples/ --inception inception.npz \
       [--batch_size 50] [--kid_subsets 100] [--kid_subset_size 1000] [--nokid] [--save_stats real.npz]
+  python -m facegen_jax.evaluate --real A/ --fake B/ --identity sphere20a.npz [--inception inception.npz ...]
 
 --workdir evaluates as training does (`metrics.evaluator`): the run's config.eval, with any flag given here
 taking precedence; with the run's eval.batch_size and eval.seed the samples, and so the numbers, are those
@@ -15,15 +16,24 @@ in it with pytorch-fid's extensions (bmp jpg jpeg pgm png ppm tif tiff webp, any
 RGB uint8 and scaled to [0, 1]; sizes may differ (each is resized to 299 inside the network). --real or --fake
 may instead be a statistics .npz (ours, which keeps the features KID needs, or pytorch-fid's mu/sigma
 files, FID only); --save_stats writes the statistics of --real to reuse as such.
+
+--identity (the .npz of `python -m facegen_jax.convert sphereface`) prints the mean SphereFace cosine between the
+images of --fake and those of --real with the same stem (SATNet's identity-preservation measure: a translation
+and its source; `translate --num_styles`'s <stem>_style<k> pairs with <stem>): fc5 embeddings, each pair's
+cosine as sphereface_pytorch's lfw_eval scores it, images of 224x192 average-pooled as SATNet's preprocessing,
+other sizes resized (bilinear) to sphere20a's 112x96. Without --inception only this figure. A run trained with
+config.identity.weights logs it as eval/identity_cos_a2b and _b2a (and --workdir prints it).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Iterator
 
+import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 from PIL import Image
@@ -33,6 +43,8 @@ from facegen_jax import rundir
 from facegen_jax.metrics import evaluator as evaluator_lib
 from facegen_jax.metrics import fid
 from facegen_jax.metrics import inception
+from facegen_jax.nets import sphereface
+from facegen_jax.nets.spade import avg_pool_exclude_pad
 
 # eval.<key> -> the flag that sets it here, for error messages.
 _FLAG_OF = {"inception_weights": "--inception", "kid_off": "--nokid"}
@@ -114,6 +126,46 @@ def run(real: str, fake: str, weights: str, *, batch_size: int = 50, with_kid: b
   return result
 
 
+def identity_pairs(real: str, fake: str) -> list[tuple[str, str]]:
+  """(real file, fake file) for each image of `fake` whose stem (or stem without a _style<k> suffix) is that of
+  an image of `real`."""
+  stem = lambda path: os.path.splitext(os.path.basename(path))[0]
+  sources = {stem(path): path for path in image_files(real)}
+  pairs = []
+  for path in image_files(fake):
+    source = sources.get(stem(path)) or sources.get(re.sub(r"_style\d+$", "", stem(path)))
+    if source:
+      pairs.append((source, path))
+  if not pairs:
+    raise errors.DataError(f"no image of --fake {fake} has the stem of an image of --real {real}: the identity "
+                           "cosine compares x.png with x.png (or x_style<k>.png, from translate --num_styles)")
+  return pairs
+
+
+@jax.jit
+def _sphere_input(image: jax.Array) -> jax.Array:
+  """uint8 (H, W, 3) -> [-1, 1] (112, 96, 3): 224x192 average-pooled as SATNet's preprocessing, 112x96 as it is,
+  other sizes resized (bilinear)."""
+  x = image.astype(np.float32)[None] / 127.5 - 1
+  if tuple(x.shape[1:3]) == (2 * sphereface.INPUT_HW[0], 2 * sphereface.INPUT_HW[1]):
+    x = avg_pool_exclude_pad(x)
+  return sphereface.resize_input(x)[0]
+
+
+def identity_cosine(real: str, fake: str, weights: str, *, batch_size: int = 50) -> dict:
+  """{"identity_cos": mean per-pair SphereFace cosine, "identity_pairs": count} over `identity_pairs`."""
+  params = sphereface.load_params(weights)
+  params.pop("fc6", None)
+  cosine = jax.jit(sphereface.identity_cosine)
+  pairs = identity_pairs(real, fake)
+  values = []
+  for start in range(0, len(pairs), batch_size):
+    chunk = pairs[start:start + batch_size]
+    a, b = (np.stack([np.asarray(_sphere_input(read_image(pair[i]))) for pair in chunk]) for i in range(2))
+    values.append(np.asarray(cosine(params, b, a)))
+  return {"identity_cos": float(np.mean(np.concatenate(values))), "identity_pairs": len(pairs)}
+
+
 def run_workdir(workdir: str, *, step: int | None = None, best: bool = False, stats_dir: str | None = None,
                 **overrides) -> dict[str, float]:
   """FID/KID of the run's generator as training computes them; `overrides` are config.eval keys (None: keep)."""
@@ -139,6 +191,9 @@ def run_workdir(workdir: str, *, step: int | None = None, best: bool = False, st
 
 def _run(args) -> dict:
   if args.workdir:
+    if args.identity:
+      raise errors.ConfigError("--identity compares the images of two folders; a run evaluates its identity "
+                               "cosine with the sphere20a of its config (train with --config.identity.weights)")
     if args.real or args.fake or args.save_stats:
       raise errors.ConfigError("--workdir evaluates a run's generator; --real/--fake/--save_stats compare two "
                                "folders: give one or the other")
@@ -146,20 +201,32 @@ def _run(args) -> dict:
                        num_samples=args.num_samples, num_real=args.num_real, inception_weights=args.inception,
                        batch_size=args.batch_size, kid=args.kid, kid_subsets=args.kid_subsets,
                        kid_subset_size=args.kid_subset_size)
-  for flag in ("real", "fake", "inception"):
+  required = ("real", "fake") if args.identity else ("real", "fake", "inception")
+  for flag in required:
     if not getattr(args, flag):
       raise errors.ConfigError(f"--{flag} is required (or --workdir to evaluate a run)")
+  identity = {}
+  if args.identity:
+    identity = identity_cosine(args.real, args.fake, args.identity,
+                               batch_size=50 if args.batch_size is None else args.batch_size)
+    if not args.inception:
+      return {**identity, "outputs": {}}
   kid_subsets = fid.KID_SUBSETS if args.kid_subsets is None else args.kid_subsets
   result = run(args.real, args.fake, args.inception, batch_size=50 if args.batch_size is None else args.batch_size,
                with_kid=args.kid is not False, kid_subsets=kid_subsets, kid_subset_size=args.kid_subset_size,
                save_stats=args.save_stats)
-  result.update(kid_subsets=kid_subsets, outputs={"": ""})
+  result.update(kid_subsets=kid_subsets, outputs={"": ""}, **identity)
   return result
 
 
 def _print(result: dict) -> None:
   if "step" in result:
     print(f"checkpoint: step {result['step']}")
+  if "identity_pairs" in result:
+    print(f"identity cosine (SphereFace fc5, {result['identity_pairs']} same-stem pairs): "
+          f"{result['identity_cos']:.6f}")
+  if not result["outputs"]:
+    return
   print(f"images: real {result['real_count']}, fake {result['fake_count']}")
   for output, suffix in result["outputs"].items():
     label = f" {output}" if suffix else ""
@@ -167,6 +234,8 @@ def _print(result: dict) -> None:
     if f"kid_mean{suffix}" in result:
       print(f"KID{label}: {result[f'kid_mean{suffix}']:.6g} +- {result[f'kid_std{suffix}']:.6g} "
             f"({result['kid_subsets']} subsets of {result['kid_subset_size']})")
+  for name in sorted(key for key in result if key.startswith("identity_cos_")):
+    print(f"identity cosine {name.removeprefix('identity_cos_')}: {result[name]:.6f}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -193,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--kid_subset_size", type=int, help=f"KID: images per subset (default {fid.KID_SUBSET_SIZE}, or "
                  "the smaller image count if that is less; --workdir: the run's)")
   p.add_argument("--save_stats", help="also write the statistics of --real to this .npz")
+  p.add_argument("--identity", help="sphere20a weights from `python -m facegen_jax.convert sphereface`: print the "
+                 "mean SphereFace cosine of same-stem --real/--fake pairs (without --inception: only that)")
   return p
 
 

@@ -126,6 +126,12 @@ def test_stats_file_name_tracks_dataset_split_resolution_count_and_weights():
   test_name = evaluator_lib.stats_file_name(evaluator_lib.reference_input_config(tfds), 100, "ab" * 32)
   assert "train" in train_name and "test" in test_name and "/" not in test_name
   assert len({base, train_name, test_name, *changed}) == len(changed) + 3
+  # Panel sequences' target faces differ from faces of the same source, and with their panel settings.
+  names = set()
+  for overrides in ({}, {"input.record": "panels"}, {"input.record": "panels", "input.panels.panel_size": 96},
+                    {"input.record": "panels", "input.panels.torchvision_resize": True}):
+    names.add(evaluator_lib.stats_file_name(tiny_config("dcgan", **overrides).input, 100, "ab" * 32))
+  assert len(names) == 4
 
 
 def test_each_process_reads_its_share_of_every_batch(monkeypatch, weights, tmp_path):
@@ -216,3 +222,44 @@ def test_generate_from_the_best_checkpoint(dcgan_run, tmp_path):
     outputs[name] = np.stack([np.load(p) for p in sorted((tmp_path / name).glob("*.npy"))])
   np.testing.assert_array_equal(outputs["best"], outputs["at_best"])
   assert not np.array_equal(outputs["best"], outputs["other"])
+
+
+def test_evaluate_identity_cosine_of_same_stem_pairs(tmp_path, capsys):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from facegen_jax import npz  # pylint: disable=g-import-not-at-top
+  from facegen_jax.nets import sphereface  # pylint: disable=g-import-not-at-top
+  params = sphereface.Sphere20a(3, (4, 4, 4, 4), 8).init(jax.random.key(0), jnp.zeros((1, 112, 96, 3)))["params"]
+  npz.write(tmp_path / "sphere.npz", {f"{layer}/{leaf}": np.asarray(value) for layer, leaves in params.items()
+                                      for leaf, value in leaves.items()})
+  rng = np.random.default_rng(0)
+  real, fake = tmp_path / "real", tmp_path / "fake"
+  real.mkdir(), fake.mkdir()
+  images = {}
+  for name, folder, size in (("x", real, (40, 40)), ("y", real, (224, 192)), ("z", real, (40, 40)),
+                             ("x", fake, (40, 40)), ("y_style0", fake, (112, 96)), ("w", fake, (40, 40))):
+    images[folder.name, name] = rng.integers(0, 256, (*size, 3), np.uint8)
+    Image.fromarray(images[folder.name, name]).save(folder / f"{name}.png")
+
+  def sphere_input(image):  # what the command feeds sphere20a: [-1, 1] at 112x96
+    x = jnp.asarray(image, jnp.float32)[None] / 127.5 - 1
+    if x.shape[1] == 224:
+      x = evaluate.avg_pool_exclude_pad(x)
+    return jax.image.resize(x, (1, 112, 96, 3), "linear") if x.shape[1] != 112 else x
+
+  fc5 = {k: v for k, v in params.items() if k != "fc6"}
+  want = np.mean([float(sphereface.identity_cosine(fc5, sphere_input(images["fake", f]),
+                                                   sphere_input(images["real", r]))[0])
+                  for r, f in (("x", "x"), ("y", "y_style0"))])  # w and z have no partner
+  assert evaluate.main(["--real", str(real), "--fake", str(fake), "--identity", str(tmp_path / "sphere.npz")]) == 0
+  out = capsys.readouterr().out
+  assert "2 same-stem pairs" in out and "FID" not in out
+  assert abs(float(out.split(":")[-1]) - want) < 1e-5, (out, want)
+
+  empty = tmp_path / "none"
+  empty.mkdir()
+  Image.fromarray(images["fake", "w"]).save(empty / "q.png")
+  assert evaluate.main(["--real", str(real), "--fake", str(empty), "--identity", str(tmp_path / "sphere.npz")]) != 0
+  assert "has the stem of an image of --real" in capsys.readouterr().err
+  assert evaluate.main(["--workdir", str(tmp_path), "--identity", str(tmp_path / "sphere.npz")]) != 0
+  assert "--identity compares the images of two folders" in capsys.readouterr().err

@@ -24,6 +24,13 @@ A family module provides:
   networks(config) -> dict                  {name: (flax module, example inputs[, call kwargs])} for `main
                                             --describe` (kwargs default {"train": False})
 
+and optionally:
+
+  eval_scores(config, state, inputs, generated, output) -> {name: (B,)}
+                                            per-record figures of one eval output beside FID/KID, logged as
+                                            eval/<name> (their mean over the eval samples); MUNIT/SATNet's
+                                            identity cosine
+
 Every entry is checked by tests/test_families.py with its tiny preset: two jitted steps, step == 2, finite
 metrics, every trained group's parameters move and every frozen one does not, sample and generate shapes, and a
 run-directory round trip.
@@ -68,15 +75,23 @@ class Contract:
 
 # Imported after the contract's types, which the family modules use.
 from facegen_jax.families import dcgan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import intro_vae  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import munit  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import spade  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import ssuper_dcgan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import ssupervae  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import ugatit  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import vae  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FAMILIES: dict[str, types.ModuleType] = {
     "dcgan": dcgan,
+    "intro_vae": intro_vae,  # SSuperGAN's families: the VAE, IntroVAE, PlainSSuperVAE and SSuper-DCGAN
     "munit": munit,  # SATNet is its configuration (configs/satnet.py)
     "spade": spade,
+    "ssuper_dcgan": ssuper_dcgan,
+    "ssupervae": ssupervae,  # PlainSSuperVAE (configs/ssupervae.py:lstm its LSTM encoder)
     "ugatit": ugatit,
+    "vae": vae,
 }
 
 

@@ -36,7 +36,8 @@ closed over (a closed-over fc5 of 21504 x 512 is a constant XLA folds for minute
 `config.identity.weights` (`python -m facegen_jax.convert sphereface`) through a host callback, so the file's
 values are not constants of the init program either; with `config.identity.random_init` and no file it is a
 random-init sphere20a of `config.identity.widths` (the cpu preset's stand-in, said so in the log). The group
-exists only when `loss_weights.identity` > 0. Images whose size is neither 224x192 nor 112x96 are resized
+exists when `loss_weights.identity` > 0 or `config.identity.weights` is given; with it, evaluation also logs
+eval/identity_cos_a2b and _b2a (`eval_scores`). Images whose size is neither 224x192 nor 112x96 are resized
 (bilinear) to sphere20a's 112x96 first (our extension for smaller presets; SATNet trains at 224x192).
 
 Learning rates: the originals step their schedulers before each iteration, so their lr changes one iteration
@@ -71,7 +72,6 @@ LOSS_TERMS = ("gan", "recon_x", "recon_s", "recon_c", "cycle", "vgg", "identity"
 IDENTITY = "identity"  # The frozen parameter group holding sphere20a.
 NUM_SAMPLE_STYLES = 3
 _SPECTRAL = sn_lib.SPECTRAL_STATS
-_IDENTITY_SIZES = ((224, 192), sphereface.INPUT_HW)  # What SATNet's sphereface_preprocess takes.
 
 CONTRACT = families.Contract(
     optimizer_groups=("g", "d"), ema_groups=("g",), task="translate",
@@ -139,13 +139,15 @@ def _validate_sizes(config) -> None:
 
 def _validate_identity(config) -> None:
   c = config.identity
-  if not config.loss_weights.identity:
+  if not (config.loss_weights.identity or c.weights):
     return
   howto = (f"convert SATNet's fine-tuned sphere20a with `{sphereface.CONVERT_COMMAND.format(path='sphere20a.npz')}` "
            "and set --config.identity.weights=sphere20a.npz, or set --config.loss_weights.identity=0")
   if c.weights:
     if not epath.Path(c.weights).exists():
       raise errors.ConfigError(f"config.identity.weights {c.weights!r} does not exist: {howto}")
+  elif not config.loss_weights.identity:
+    return
   elif not c.random_init:
     raise errors.ConfigError(f"config.loss_weights.identity > 0 needs sphere20a's weights "
                              f"(config.identity.weights is empty): {howto}")
@@ -195,6 +197,11 @@ def _identity_params(config, rng) -> dict:
   return jax.pure_callback(lambda: _identity_file(c.weights), shapes)
 
 
+def _has_identity(config) -> bool:
+  """sphere20a is in the state for the identity loss, and whenever its weights are given (for the eval figure)."""
+  return bool(config.loss_weights.identity or config.identity.weights)
+
+
 def init(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   """params {"g": {"a", "b"}, "d": {"a", "b"}[, "identity": sphere20a]}; collections {"g": {spectral_stats:
   {"a", "b"}}, "d": {...}} for the networks with spectral norm (SATNet), else {"g": {}, "d": {}}."""
@@ -203,7 +210,7 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   variables = {"g": {d: _generator(config).init(k, image) for d, k in zip(DOMAINS, keys[:2])},
                "d": {d: _discriminator(config).init(k, image) for d, k in zip(DOMAINS, keys[2:4])}}
   params = {group: {d: v["params"] for d, v in nets_.items()} for group, nets_ in variables.items()}
-  if config.loss_weights.identity:
+  if _has_identity(config):
     params[IDENTITY] = _identity_params(config, keys[4])
   collections_ = {group: ({_SPECTRAL: {d: v[_SPECTRAL] for d, v in nets_.items()}} if _SPECTRAL in nets_["a"]
                           else {}) for group, nets_ in variables.items()}
@@ -292,12 +299,6 @@ def _l1(x, y):
   return jnp.mean(jnp.abs(x - y))
 
 
-def _identity_input(x):
-  if tuple(x.shape[1:3]) in _IDENTITY_SIZES:
-    return x
-  return jax.image.resize(x, (x.shape[0], *sphereface.INPUT_HW, x.shape[-1]), "linear")
-
-
 def _batch_cosine(f, g):
   """SATNet's compute_idt_loss cosine: over the whole (B, 512) batch at once (as `sphereface.identity_loss`)."""
   return jnp.sum(f * g) / (jnp.linalg.norm(f) * jnp.linalg.norm(g) + 1e-8)
@@ -305,7 +306,7 @@ def _batch_cosine(f, g):
 
 def identity_terms(config, params, pairs: list[tuple]) -> list[jax.Array]:
   """cos(f(translated), f(source)) per (translated, source) pair, all images through sphere20a in one call."""
-  images = [_identity_input(x) for pair in pairs for x in pair]
+  images = [sphereface.resize_input(x) for pair in pairs for x in pair]
   features = sphereface.embedding(common.to_compute(config, params),
                                   common.to_compute(config, sphereface.preprocess(jnp.concatenate(images))))
   features = jnp.split(common.to_float32(features), len(images))
@@ -426,6 +427,21 @@ def eval_inputs(config: ml_collections.ConfigDict, rng: jax.Array, size: int, da
     if f"{src}/image" in data:
       out[f"{name}/style_code"] = jax.random.normal(jax.random.fold_in(rng, i), (size, config.model.gen.style_dim))
   return out
+
+
+def eval_scores(config: ml_collections.ConfigDict, state: state_lib.TrainState, inputs: dict, generated: dict,
+                output: str) -> dict:
+  """{"identity_cos_<output>": (B,)}: per record, the SphereFace cosine between the translation and its source
+  (SATNet's identity-preservation figure; `sphereface.identity_cosine`), when the state holds sphere20a (the
+  identity loss on, or config.identity.weights given); {} otherwise. The evaluator logs the mean as
+  eval/identity_cos_a2b and eval/identity_cos_b2a."""
+  del config
+  if IDENTITY not in state.params or output not in generated:
+    return {}
+  source = inputs[f"{output[0]}/image"]
+  cosine = sphereface.identity_cosine(state.params[IDENTITY], sphereface.resize_input(generated[output]),
+                                      sphereface.resize_input(source))
+  return {f"identity_cos_{output}": cosine.astype(jnp.float32)}
 
 
 def generate(config: ml_collections.ConfigDict, state: state_lib.TrainState, inputs: dict,

@@ -44,6 +44,7 @@ from facegen_jax import families
 from facegen_jax import state as state_lib
 from facegen_jax.metrics import fid
 from facegen_jax.metrics import inception
+from input_pipeline import panels
 from input_pipeline import pipeline
 from input_pipeline import transforms
 
@@ -159,6 +160,9 @@ def stats_file_name(input_config: ml_collections.ConfigDict, count: int, weights
                f"{hashlib.sha256(where.encode()).hexdigest()[:10]}")
   else:
     dataset = f"tfds-{c.tfds.name}-{c.tfds.split}"
+  if panels.record_kind(c) == "panels":  # The target faces of panel sequences, which their settings shape.
+    p = c.panels
+    dataset += f"-panels{p.num_panels}-p{p.panel_size}-{p.domain}-{'tv' if p.torchvision_resize else 'aa'}"
   resolution = f"{c.resize}{pipeline.load_size(c)}-crop{c.resolution}"
   name = f"{dataset}_{resolution}_{count}_inception-{weights_digest[:12]}.npz"
   return re.sub(r"[^A-Za-z0-9._=-]", "-", name)
@@ -236,7 +240,8 @@ class Evaluator:
     self._variables = jax.device_put(inception.load_params(weights), NamedSharding(mesh, P()))
     self._features = fid.feature_fn(mesh)
     self._data_sharding = NamedSharding(mesh, P("data"))
-    self._generate = jax.jit(self._generate_uint8, static_argnums=(2, 3), out_shardings=self._data_sharding)
+    self._generate = jax.jit(self._generate_uint8, static_argnums=(2, 3),
+                             out_shardings=(self._data_sharding, NamedSharding(mesh, P())))
     self._real: dict[str, fid.Statistics] = {}
 
   def _check_size(self, domain: str, needed: int, what: str, option) -> None:
@@ -252,10 +257,14 @@ class Evaluator:
     """{output: suffix of its metrics}: "" with one output (eval/fid), "_<output>" with several."""
     return {name: "" if len(self._outputs) == 1 else f"_{name}" for name in self._outputs}
 
-  def _generate_uint8(self, state, data: dict, size: int, output: str, key: jax.Array) -> jax.Array:
+  def _generate_uint8(self, state, data: dict, size: int, output: str, key: jax.Array):
+    """(uint8 images of `output`, {name: (B,) figures} of the family's optional eval_scores)."""
     state = state_lib.inference_state(state)
     inputs = self._family.eval_inputs(self._config, key, size, data)
-    return _to_uint8(self._family.generate(self._config, state, inputs, key)[output])
+    generated = self._family.generate(self._config, state, inputs, key)
+    score_fn = getattr(self._family, "eval_scores", None)
+    scores = score_fn(self._config, state, inputs, generated, output) if score_fn else {}
+    return _to_uint8(generated[output]), scores
 
   def _local_batches(self, count: int, fields: tuple[str, ...], *, domain: str = "", real: bool = False):
     """This process's rows of each global batch over records [0, count) of `domain`, zero-padded at the end.
@@ -323,7 +332,9 @@ class Evaluator:
       self._real[domain] = real
     return self._real[domain]
 
-  def generated_features(self, state, output: str | None = None) -> np.ndarray:
+  def generated_features(self, state, output: str | None = None, scores: dict | None = None) -> np.ndarray:
+    """Inception features of `output`'s num_samples generated images; `scores`, if given, gets the mean of
+    each of the family's eval_scores over those samples."""
     output = output or next(iter(self._outputs))
     key, count = jax.random.key(self._eval.seed), self._eval.num_samples
     fields = tuple(self._outputs[output].inputs)
@@ -333,22 +344,31 @@ class Evaluator:
       batches = ((b, min(self._batch_size, count - b * self._batch_size), {})
                  for b in range(math.ceil(count / self._batch_size)))
 
+    per_batch = []  # (figures of the batch, its rows that are samples): fetched after the loop
+
     def features_of_batch(b, rows):
-      images = self._generate(state, {k: self._global(v) for k, v in rows.items()}, self._batch_size, output,
-                              jax.random.fold_in(key, b))
+      images, figures = self._generate(state, {k: self._global(v) for k, v in rows.items()}, self._batch_size,
+                                       output, jax.random.fold_in(key, b))
+      per_batch.append((figures, min(self._batch_size, count - b * self._batch_size)))
       return self._features(self._variables, images)
 
-    return self._collect(count, f"generated {output}", batches, features_of_batch)
+    features = self._collect(count, f"generated {output}", batches, features_of_batch)
+    if scores is not None and per_batch and per_batch[0][0]:
+      for name in per_batch[0][0]:
+        scores[name] = float(np.mean(np.concatenate([np.asarray(f[name])[:valid] for f, valid in per_batch])))
+    return features
 
   def __call__(self, state) -> dict[str, float]:
     e = self._eval
     scalars = {}
     for output, suffix in self.metric_names.items():
       real = self.reference_statistics(output)
-      fake = fid.Statistics.of(self.generated_features(state, output))
+      figures = {}
+      fake = fid.Statistics.of(self.generated_features(state, output, figures))
       result = fid.metrics(real, fake, with_kid=e.kid, num_subsets=e.kid_subsets, subset_size=e.kid_subset_size,
                            option="eval.kid_subset_size")
       scalars.update({f"eval/{name}{suffix}": value for name, value in result.items()})
+      scalars.update({f"eval/{name}": value for name, value in figures.items()})
     return scalars
 
   def best_metric(self) -> str:

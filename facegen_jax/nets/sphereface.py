@@ -184,6 +184,14 @@ def embedding(params: Mapping, images: jax.Array) -> jax.Array:
   return apply(params, images, embedding_only=True)["embedding"]
 
 
+def resize_input(x: jax.Array) -> jax.Array:
+  """x (B, H, W, 3) as it is if `preprocess` takes its size (224x192, 112x96), else resized (bilinear) to 112x96:
+  our extension for images of other sizes (SATNet's are 224x192 crops)."""
+  if tuple(x.shape[1:3]) in ((2 * INPUT_HW[0], 2 * INPUT_HW[1]), INPUT_HW):
+    return x
+  return jax.image.resize(x, (x.shape[0], *INPUT_HW, x.shape[-1]), "linear")
+
+
 def preprocess(x: jax.Array) -> jax.Array:
   """SATNet's `sphereface_preprocess`: [-1, 1] RGB (B, H, W, 3) -> sphere20a's input.
 
