@@ -130,6 +130,7 @@ def test_translator_evaluates_each_output_and_translates_from_the_command_line(d
   assert len(stats) == 2 and any("photo" in s for s in stats) and any("toon" in s for s in stats)
   result = evaluate.run_workdir(str(workdir), kid=True)
   assert {"fid_a2b", "fid_b2a", "kid_mean_a2b", "kid_mean_b2a"} <= set(result)
+  assert result["kid_a2b"] == result["kid_mean_a2b"] and result["kid_b2a"] == result["kid_mean_b2a"]
   assert result["kid_subset_size"] == 6  # Not set: the largest the 6 images allow, instead of 1000.
   assert result["fid_a2b"] != result["fid_b2a"]
   assert rundir.latest_step(workdir, best=True) in (2, 4)

@@ -206,7 +206,8 @@ def _output_domain(name: str, output) -> str:
 
 
 class Evaluator:
-  """Computes {"eval/fid", "eval/kid_mean", "eval/kid_std"} (per output: "eval/fid_a2b", ...) of a train state.
+  """Computes {"eval/fid", "eval/kid_mean", "eval/kid_std"} (per output: "eval/fid_a2b", "eval/kid_mean_a2b" also
+  logged as "eval/kid_a2b", ...) of a train state.
 
   Build it once (it loads the weights and compiles on first use); call it with a state. `stats_dir` is where
   reference statistics are cached.
@@ -368,6 +369,8 @@ class Evaluator:
       result = fid.metrics(real, fake, with_kid=e.kid, num_subsets=e.kid_subsets, subset_size=e.kid_subset_size,
                            option="eval.kid_subset_size")
       scalars.update({f"eval/{name}{suffix}": value for name, value in result.items()})
+      if suffix and "kid_mean" in result:  # Per direction also as eval/kid_a2b, the name the U-GAT-IT issue uses.
+        scalars[f"eval/kid{suffix}"] = result["kid_mean"]
       scalars.update({f"eval/{name}": value for name, value in figures.items()})
     return scalars
 
