@@ -316,6 +316,7 @@ def open_tfds(name: str, *, split: str, data_dir: str | None, flag: str = "input
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Slow; only this source needs it.
   from input_pipeline import celebamask_hq  # pylint: disable=g-import-not-at-top,unused-import  # Registers it.
   from input_pipeline import golden_panels  # pylint: disable=g-import-not-at-top,unused-import  # Registers it.
+  from input_pipeline import webcaricature  # pylint: disable=g-import-not-at-top,unused-import  # Registers it.
 
   searched = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   build_cmd = f"`tfds build {name} --data_dir={searched} --file_format=array_record`"
@@ -323,6 +324,8 @@ def open_tfds(name: str, *, split: str, data_dir: str | None, flag: str = "input
     build_cmd = f"`{celebamask_hq.PREPARE_COMMAND}`"
   if name.split("/")[0] == golden_panels.NAME:
     build_cmd = f"`{golden_panels.PREPARE_COMMAND}`"
+  if name.split("/")[0] == webcaricature.NAME:
+    build_cmd = f"`{webcaricature.PREPARE_COMMAND}`"
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
