@@ -221,6 +221,22 @@ def test_two_domain_pipeline_reads_caricatures_as_a_and_photos_as_b(built):
     assert set(batch["a/identity"].tolist()) <= {0} and set(batch["b/identity"].tolist()) <= {0, 1}
 
 
+def test_satnet_config_reads_both_domains_and_the_evaluator_their_test_people(built):
+  from configs import satnet  # pylint: disable=g-import-not-at-top
+  from facegen_jax.metrics import evaluator  # pylint: disable=g-import-not-at-top
+  _, data_dir = built
+  config = satnet.get_config()
+  for domain, name in (("a", "webcaricature/caricature"), ("b", "webcaricature/photo")):  # The README's flags.
+    config.input[domain].source = "tfds"
+    config.input[domain].tfds.update(name=name, data_dir=str(data_dir))
+  config.eval.split = "test"
+  train = pipeline.create_sources(config.input)
+  assert {d: len(s) for d, s in train.items()} == {"a": 2, "b": 2}  # Ann Lee's C1, C2; Ann Lee's P1, Bo Chen's P1.
+  for domain in ("a", "b"):
+    test = pipeline.create_source(evaluator.reference_input_config(config, domain))
+    assert len(test) == 1 and test[0]["image"].shape == (232, 200, 3)  # Cy Dao's.
+
+
 def _raises_one_line(parts, fn) -> None:
   with pytest.raises(DataError) as info:
     fn()
