@@ -522,3 +522,65 @@ class SyntheticFaces:
     return (f"SyntheticFaces(num_examples={self.num_examples}, resolution={self.resolution}, seed={self.seed}, "
             f"domain={self.domain!r}, num_identities={self.num_identities}"
             + (f", group_counts={self.group_counts}" if self.group_counts else "") + ")")
+
+
+# --- 68-point landmarks (dlib's layout) of a rendered face, from the geometry that painted it ---
+
+_JAW_ANGLES = np.linspace(-0.15, math.pi + 0.15, 17)  # jaw 0-16 from just above the eye line, image left first
+
+
+def _landmarks_head(t, w, toon) -> np.ndarray:
+  """(68, 2) head coordinates (u right, v down) of dlib's points on the parts `_label_map` paints.
+
+  Jaw on the face outline; brows on their centre lines; nose bridge from the eye line to the tip (the nose
+  ellipse's centre), nostrils along its lower edge; eyes as corners and lid points; lips on their outer and
+  inner outlines. dlib's 0-16, 17-21 and 36-41 are on the image's left, the person's right ("r_" here).
+  """
+  pts = np.zeros((68, 2))
+  a = _JAW_ANGLES
+  v = np.sin(a)
+  pts[0:17] = np.stack([-np.cos(a) * t["face_w"] * (1 - t["taper"] * np.clip(v, 0, 1)), v], 1)
+  toon_brow = 0.07 if toon else 0.0
+  for start, (side, _) in zip((17, 22), _SIDES):
+    xn = np.linspace(0.9, -0.9, 5) * -side  # left to right in the image; 1 is the brow's outer end
+    u = w["du"] + side * (t["eye_sep"] + 0.02) + xn * side * t["brow_w"]
+    pts[start:start + 5] = np.stack([u, -0.3 - w["brow_raise"] - toon_brow - t["brow_arch"] * (1 - (xn - 0.1) ** 2)], 1)
+  ns, du = t["nose"], w["du"]
+  pts[27:31] = np.stack([np.full(4, du), np.linspace(-0.12, 0.25, 4)], 1)
+  k = np.linspace(-1, 1, 5)
+  pts[31:36] = np.stack([du + 0.1 * ns * k, 0.25 + 0.075 * ns * (0.6 + 0.3 * (1 - k ** 2))], 1)
+  for start, (_, cu, cv, rw, rh, _) in zip((36, 42), _eye_geometry(t, w, toon)):
+    # corner, two upper-lid points, corner, two lower-lid points: clockwise from the image-left corner
+    s = np.array([-1, -1 / 3, 1 / 3, 1, 1 / 3, -1 / 3])
+    lid = np.sqrt(1 - s ** 2) * rh * np.array([0, -1, -1, 0, 1, 1])
+    pts[start:start + 6] = np.stack([cu + s * rw, cv + lid], 1)
+  mw = t["mouth_w"] * (1 + 0.6 * w["smile"])
+  half_open = 0.5 * w["mouth_open"]
+
+  def lip(xs, sign, height):  # points on the curve vv = sign * height * sqrt(1 - xn^2) of _paint_mouth
+    xn2 = (xs / mw) ** 2
+    return np.stack([du + xs, 0.58 - w["smile"] * xn2 + sign * height * np.sqrt(np.clip(1 - xn2, 0, 1))], 1)
+
+  outer = mw * np.array([-1, -2 / 3, -1 / 3, 0, 1 / 3, 2 / 3, 1])
+  pts[48:55] = lip(outer, -1, t["lip_up"] + half_open)  # 48 left corner .. 51 top .. 54 right corner
+  pts[55:60] = lip(outer[5:0:-1], 1, t["lip_lo"] + half_open)  # 55 .. 59 right to left, 57 lowest
+  inner = 0.8 * mw * np.array([-1, -0.5, 0, 0.5, 1])
+  inner_h = half_open * np.sqrt(np.clip(1 - 1.3 * (inner / mw) ** 2, 0, 1))
+  pts[60:65] = np.stack([du + inner, lip(inner, 0, 0)[:, 1] - inner_h], 1)
+  pts[65:68] = np.stack([du + inner[3:0:-1], lip(inner[3:0:-1], 0, 0)[:, 1] + inner_h[3:0:-1]], 1)
+  return pts
+
+
+def landmarks68(seed: int, index: int, resolution: int, domain: str = "photo",
+                num_identities: int | None = None) -> np.ndarray:
+  """dlib-style 68 landmarks (68, 2) of `render(seed, index, resolution, domain, num_identities)`'s face, as
+  image x, y in pixels with pixel centres at integers (dlib's and cv2's convention), without rendering it."""
+  _check(resolution, domain, seed, num_identities)
+  index = operator.index(index)
+  identity = index if num_identities is None else index % num_identities
+  t, w = _identity_traits(seed, identity), _view_traits(seed, index)
+  u, v = _landmarks_head(t, w, domain == "toon").T
+  c, s = math.cos(w["angle"]), math.sin(w["angle"])  # _coords' rotation, inverted
+  x = w["cx"] + w["scale"] * (c * u - s * v)
+  y = w["cy"] + w["scale"] * (s * u + c * v)
+  return np.stack([(x + 1) * (resolution / 2) - 0.5, (y + 1) * (resolution / 2) - 0.5], 1)
