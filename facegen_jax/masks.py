@@ -690,6 +690,20 @@ def make_mask(image: np.ndarray, rng: np.random.Generator, kind: str, *, landmar
   return {"masked": grey.astype(np.uint8), "hole": hole, "kind": kind, "variant": ""}
 
 
+def record_hole(kind: str, seed: int, index: int, height: int, width: int, *, band=None, image=None, landmarks=None,
+                mask_files: Sequence[str] | None = None, dilate_px: float = 0.0) -> np.ndarray:
+  """Record `index`'s hole (H, W) bool for a data pipeline: any kind of KINDS, or "folder" (`mask_files`, white =
+  hole); the face kinds need the record's `image` and `landmarks`. The same for the same (seed, index) always."""
+  if kind == "folder":
+    return dilate(folder_hole(mask_files or [], index, height, width), dilate_px)
+  if kind in TEMPLATE_KINDS + ("random",) and (image is None or landmarks is None):
+    raise errors.ConfigError(f"mask kind {kind!r} draws a face mask: it needs the record's image and landmarks")
+  if image is None:
+    image = np.zeros((height, width, 3), np.uint8)
+  return make_mask(image, record_rng(seed, index), kind, landmarks=landmarks, band=band,
+                   dilate_px=dilate_px)["hole"]
+
+
 def run(out: str, *, images: str | None = None, synthetic: int = 0, resolution: int = 256, domain: str = "photo",
         kind: str = "surgical", ratio: str | None = None, seed: int = 0, dilate_px: float = 0.0,
         variant: str = "auto", landmarks: str | None = None, skip_errors: bool = False) -> list[dict]:

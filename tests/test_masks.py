@@ -82,7 +82,8 @@ def test_yaw_beyond_13_degrees_picks_the_left_or_right_template():
     assert face.variant == expected
     mouth = np.isin(record["label"], [_C["mouth"], _C["u_lip"], _C["l_lip"]])
     assert face.hole[mouth].mean() >= 0.9
-  assert masks.variant_for(13.5) == "left" and masks.variant_for(-13.5) == "right" and masks.variant_for(12.9) == "front"
+  assert masks.variant_for(13.5) == "left" and masks.variant_for(-13.5) == "right"
+  assert masks.variant_for(12.9) == "front"
 
 
 def test_landmarks_that_are_not_a_face_raise():
@@ -264,6 +265,21 @@ def test_folder_hole_reads_white_as_hole(tmp_path):
   expected[0:2, 14:16] = True
   np.testing.assert_array_equal(hole, expected)
   assert masks.folder_hole(paths, 2, 8, 8).sum() == 1
+
+
+def test_record_hole_is_the_data_side_entry(tmp_path):
+  record, lm = _face(0, 64)
+  for kind in ("center", "boxes", "strokes"):
+    hole = masks.record_hole(kind, 5, 3, 64, 64)
+    np.testing.assert_array_equal(hole, masks.random_hole(kind, masks.record_rng(5, 3), 64, 64))
+  face = masks.record_hole("random", 5, 3, 64, 64, image=record["image"], landmarks=lm, band=(0.1, 0.2))
+  assert 0.1 <= masks.hole_ratio(face) <= 0.2
+  np.testing.assert_array_equal(face, masks.record_hole("random", 5, 3, 64, 64, image=record["image"],
+                                                        landmarks=lm, band=(0.1, 0.2)))
+  Image.fromarray(np.full((4, 4), 255, np.uint8)).save(tmp_path / "m.png")
+  assert masks.record_hole("folder", 0, 9, 8, 8, mask_files=[str(tmp_path / "m.png")]).all()
+  with pytest.raises(errors.ConfigError, match="image and landmarks"):
+    masks.record_hole("surgical", 0, 0, 64, 64)
 
 
 def test_parse_ratio():
