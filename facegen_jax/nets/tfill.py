@@ -409,7 +409,7 @@ class _EncoderStage(nn.Module):
 
 
 class _Middle(nn.Module):
-  """`mid`: block1, optional transformer layer (kernel 1, no mask), block2."""
+  """`mid`: block1, optional transformer layer (kernel 1, no mask), block2; the mask threaded as in E."""
   kernel_size: int
   use_attn: bool
   act: str
@@ -419,10 +419,11 @@ class _Middle(nn.Module):
   @nn.compact
   def __call__(self, x, mask=None):
     c = x.shape[-1]
-    x, mask = ResnetBlock(c, self.kernel_size, self.act, name="block1")(x, mask)
+    x, new_mask = ResnetBlock(c, self.kernel_size, self.act, name="block1")(x, mask)
     if self.use_attn:
       x = TransformerLayer(self.num_heads, self.dim_conv, 1, name="attn")(x)
-    return ResnetBlock(c, self.kernel_size, self.act, name="block2")(x, mask)
+    # E threads its mask through; G calls both blocks without one (not with block1's border confidence).
+    return ResnetBlock(c, self.kernel_size, self.act, name="block2")(x, None if mask is None else new_mask)
 
 
 class DiffEncoder(nn.Module):
