@@ -98,20 +98,38 @@ def test_float64_equals_efficientnet_pytorch():
   _assert_close(out, _torch_forward(model, x, train=False), 1e-12)
 
 
-def test_train_mode_batch_norm_equals_efficientnet_pytorch():
-  # Batch statistics in the forward pass and torch's running-statistics update (unbiased variance, momentum
-  # 0.01); dropout and drop-connect off on both sides (their random draws differ), so the outputs compare.
+def test_train_mode_equals_efficientnet_pytorch():
+  # Batch statistics in the forward pass, torch's running-statistics update (unbiased variance, momentum 0.01)
+  # and the gradients; dropout and drop-connect off on both sides (their random draws differ).
   model = _torch_model("efficientnet-b0", num_classes=10, dropout_rate=0.0, drop_connect_rate=0.0)
   variables = convert_efficientnet.variables_from_state_dict(_state_dict(model))
   module = efficientnet.EfficientNet("efficientnet-b0", num_classes=10, dropout_rate=0.0, drop_connect_rate=0.0)
   x = _images(64, batch=3, seed=1)
-  apply = _jit(functools.partial(module.apply, mutable=["batch_stats"]), static_argnames="train")
-  out, state = apply(variables, x, train=True)
-  _assert_close(out, _torch_forward(model, x, train=True))
-  updated = convert_efficientnet.variables_from_state_dict(_state_dict(model))["batch_stats"]
-  for got, want in zip(jax.tree.leaves(state["batch_stats"]), jax.tree.leaves(updated)):
+  weights = np.random.default_rng(4).normal(size=(3, 10)).astype(np.float32)
+
+  def loss(params):
+    out, state = module.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return (out * weights).sum(), (out, state["batch_stats"])
+
+  grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=compile_lib.CPU_FAST_COMPILE_OPTIONS)
+  (_, (out, stats)), grads = grad_fn(variables["params"])
+  model.train()
+  torch_out = model(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+  (torch_out * torch.from_numpy(weights)).sum().backward()
+  _assert_close(out, torch_out.detach().numpy(), 5e-5)
+  updated = _state_dict(model)
+  for got, want in zip(jax.tree.leaves(stats),
+                       jax.tree.leaves(convert_efficientnet.variables_from_state_dict(updated)["batch_stats"])):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  assert not np.allclose(jax.tree.leaves(updated)[1], jax.tree.leaves(variables["batch_stats"])[1])
+  assert not np.allclose(stats["bn1"]["var"], variables["batch_stats"]["bn1"]["var"])
+  torch_grads = dict(updated, **{name: p.grad.numpy() for name, p in model.named_parameters()})
+  want_grads = convert_efficientnet.variables_from_state_dict(torch_grads)["params"]
+  # Relative to each leaf's largest gradient (measured: < 9e-5), except the projections' BN biases, whose true
+  # gradient is 0 (the next train-mode BN removes a per-channel shift): both sides hold rounding noise (~1e-7).
+  scale = max(np.abs(g).max() for g in jax.tree.leaves(want_grads))
+  for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(want_grads)):
+    error = np.abs(np.asarray(got) - want).max()
+    assert error < 2e-4 * max(np.abs(want).max(), 1e-2 * scale), (jax.tree_util.keystr(path), error)
 
 
 def _save(state_dict, path):

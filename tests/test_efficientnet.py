@@ -127,3 +127,23 @@ def test_drop_connect_rate_grows_with_the_block_index():
   with nn.intercept_methods(record):
     efficientnet.abstract_variables("efficientnet-b0", 10)
   assert rates == {f"blocks_{i}": 0.2 * i / 16 for i in range(16)}
+
+
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 1, ((1, 1), (1, 1))), (5, 2, ((1, 2), (1, 2))),
+                                                 (3, 2, ((0, 1), (0, 1))), (5, 2, ((2, 2), (2, 2)))])
+def test_depthwise_taps_equal_the_grouped_convolution(kernel, stride, pad):
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 11, 6), jnp.float64)
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, 6), jnp.float64)
+    dy = jax.random.normal(jax.random.key(2), efficientnet.depthwise_conv(x, w, stride, pad, "xla").shape,
+                           jnp.float64)
+    results = {}
+    for impl in ("taps", "xla"):
+      def out_and_grads(x, w, dy, impl=impl):
+        out, vjp = jax.vjp(lambda x, w: efficientnet.depthwise_conv(x, w, stride, pad, impl), x, w)
+        return (out, *vjp(dy))
+      results[impl] = _jit(out_and_grads)(x, w, dy)
+    for taps, xla in zip(results["taps"], results["xla"]):
+      np.testing.assert_allclose(taps, xla, rtol=1e-12, atol=1e-12)
+  with pytest.raises(ValueError, match="depthwise impl"):
+    efficientnet.depthwise_conv(x, w, stride, pad, "im2col")
