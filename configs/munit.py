@@ -10,7 +10,9 @@ SATNet is configs/satnet.py (the same family with attention, spectral norm, hing
 
 Presets:
   ""    MUNIT's defaults: gen dim 64, style_dim 8, mlp_dim 256, n_downsample 2, n_res 4, relu, reflect; D dim 64,
-        n_layer 4, 3 scales, no norm, lrelu, LSGAN; gan 1, recon_x 10, recon_s 1, recon_c 1, cycle 0, vgg 0;
+        n_layer 4, 3 scales, no norm, lrelu, LSGAN; gan 1, recon_x 10, recon_s 1, recon_c 1, cycle 0, vgg 0
+        (MUNIT's VGG16 loss: --config.loss_weights.vgg=1 --config.vgg.weights=vgg16.npz, the file from
+        `python -m facegen_jax.convert vgg16`);
         Adam 1e-4 (0.5, 0.999) with weight decay 1e-4, the lr halved every 100k iterations, batch 1, 1M
         iterations; flip, resize (shorter side) to 256, random crop 256.
   cpu   minutes on 2 CPU cores: dims 16, mlp 64, 2 res blocks, 64 px, 1000 steps.
@@ -43,8 +45,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.loss_weights = ml_collections.ConfigDict(dict(
       gan=1.0, recon_x=10.0, recon_s=1.0, recon_c=1.0,
       cycle=0.0,      # recon_x_cyc_w
-      vgg=0.0,        # MUNIT's VGG16 perceptual loss: not supported (must stay 0)
+      vgg=0.0,        # vgg_w: MUNIT's domain-invariant perceptual loss (VGG16 from config.vgg)
       identity=0.0))  # SATNet's sph_w (sphere20a from config.identity)
+  # config.vgg.weights: the .npz of `python -m facegen_jax.convert vgg16 --from models/vgg16.weight --out
+  # vgg16.npz` (MUNIT's file, or torchvision's vgg16-397923af.pth), needed when loss_weights.vgg > 0.
+  config.vgg = munit_family.vgg_config()
   config.identity = munit_family.identity_config()
   for group in ("g", "d"):  # One Adam for both generators, one for both Ds, as the original.
     config.optim[group] = optim.config(name="adam", lr=1e-4, b1=0.5, b2=0.999, weight_decay=1e-4,

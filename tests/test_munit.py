@@ -236,7 +236,7 @@ def test_calls_without_spectral_state_are_batched_to_the_same_result():
     ({"model.dis.gan_type": "wgan"}, r"config.model.dis.gan_type 'wgan'"),
     ({"input.resolution": 34}, r"divisible by 2\^n_downsample = 4"),
     ({"input.resolution": 16}, r"sees 4 px, and its n_layer=3 reflect-padded stride-2 convs need 8"),
-    ({"loss_weights.vgg": 1.0}, r"VGG16 perceptual loss is not supported yet"),
+    ({"loss_weights.vgg": 1.0}, r"config.vgg.weights is empty.*convert vgg16"),
     ({"identity.random_init": False}, r"convert sphereface --checkpoint sphere20a_X.pth --out sphere20a.npz"),
     ({"identity.weights": "missing.npz"}, r"config.identity.weights 'missing.npz' does not exist"),
     ({"model.dis.norm": "in"}, r"config.model.dis.norm 'in'"),

@@ -1,6 +1,7 @@
 """`python -m facegen_jax.convert SUBCOMMAND ...`: PyTorch checkpoints -> files facegen_jax loads, without torch.
 
   python -m facegen_jax.convert vgg19 --from vgg19-dcbb9e9d.pth --out vgg19.npz
+  python -m facegen_jax.convert vgg16 --from models/vgg16.weight --out vgg16.npz   (or vgg16-397923af.pth)
   python -m facegen_jax.convert inception --from pt_inception-2015-12-05-6726825d.pth --out inception.npz
   python -m facegen_jax.convert spade --checkpoint latest_net_G.pth --out runs/faceit [--encoder latest_net_E.pth]
   python -m facegen_jax.convert efficientnet --checkpoint efficientnet-b5-b6417697.pth --out efficientnet-b5.npz
@@ -22,11 +23,13 @@ from facegen_jax.convert import spade
 from facegen_jax.convert import sphereface
 from facegen_jax.convert import ssupergan
 from facegen_jax.convert import ugatit
+from facegen_jax.convert import vgg16
 from facegen_jax.convert import vgg19
 
 # Subcommand -> module with `add_arguments(parser)` and `run(args)`; a new converter is an import and an entry.
 SUBCOMMANDS = {
   "vgg19": vgg19,
+  "vgg16": vgg16,
   "spade": spade,
   "inception": inception,
   "ugatit": ugatit,

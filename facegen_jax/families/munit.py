@@ -19,8 +19,9 @@ One step is the original's iteration, `dis_update` then `gen_update` (MUNIT trai
    recon_s |s'' - s|, recon_c |c'' - c| (c not detached, as the original), cycle |x_aba - x_a|, gan (lsgan
    mean((D(fake) - 1)^2), hinge -mean(D(fake)), summed over scales) and SATNet's identity:
    relu(threshold - cos(f(x_ab), f(x_a))) + relu(threshold - cos(f(x_ba), f(x_b))), f sphere20a's fc5 (frozen),
-   the cosine over the whole batch as SATNet computes it (`nets.sphereface.identity_loss`). vgg (MUNIT's VGG16
-   perceptual term) is not supported: its weight must be 0, as in every MUNIT and SATNet config.
+   the cosine over the whole batch as SATNet computes it (`nets.sphereface.identity_loss`), and MUNIT's vgg:
+   compute_vgg_loss(x_ba, x_b) + compute_vgg_loss(x_ab, x_a), each the mean squared difference of the
+   instance-normed relu5_3 features of MUNIT's frozen VGG16 (`nets.vgg.munit_loss`; 0 in MUNIT's shipped configs).
 
 Spectral norm (SATNet): the originals' SpectralNorm runs one power iteration at EVERY forward, training and eval
 alike. `_Networks` applies the networks in the order the original calls them, each call one iteration, and
@@ -39,6 +40,10 @@ random-init sphere20a of `config.identity.widths` (the cpu preset's stand-in, sa
 exists when `loss_weights.identity` > 0 or `config.identity.weights` is given; with it, evaluation also logs
 eval/identity_cos_a2b and _b2a (`eval_scores`). Images whose size is neither 224x192 nor 112x96 are resized
 (bilinear) to sphere20a's 112x96 first (our extension for smaller presets; SATNet trains at 224x192).
+
+The VGG16 (`loss_weights.vgg` > 0) is the optimizer-less group "vgg", read in `init` from `config.vgg.weights`
+(`python -m facegen_jax.convert vgg16`, from MUNIT's models/vgg16.weight or torchvision's vgg16-397923af.pth)
+through a host callback like sphere20a, so its 14.7M weights are operands of the step, not constants.
 
 Learning rates: the originals step their schedulers before each iteration, so their lr changes one iteration
 earlier than optax's count (iteration 99,999 of MUNIT's is already halved); not reproduced.
@@ -63,6 +68,7 @@ from facegen_jax.families import common
 from facegen_jax.nets import munit as nets
 from facegen_jax.nets import sphereface
 from facegen_jax.nets import spectral_norm as sn_lib
+from facegen_jax.nets import vgg
 from input_pipeline import pipeline
 
 DOMAINS = ("a", "b")
@@ -70,6 +76,7 @@ DIRECTIONS = (("a", "b", "a2b"), ("b", "a", "b2a"))  # (source, target, name)
 GAN_TYPES = {"lsgan": "lsgan", "hinge": "hinge", "nsgan": "bce"}  # MUNIT's names -> facegen_jax.losses'
 LOSS_TERMS = ("gan", "recon_x", "recon_s", "recon_c", "cycle", "vgg", "identity")
 IDENTITY = "identity"  # The frozen parameter group holding sphere20a.
+VGG = "vgg"  # The frozen parameter group holding MUNIT's VGG16 (loss_weights.vgg > 0).
 NUM_SAMPLE_STYLES = 3
 _SPECTRAL = sn_lib.SPECTRAL_STATS
 
@@ -86,6 +93,12 @@ def identity_config() -> ml_collections.ConfigDict:
       threshold=sphereface.THRESHOLD,  # SATNet's sph.thd
       random_init=False,         # without weights: a random-init sphere20a (a stand-in for CPU runs, not a face net)
       widths=sphereface.WIDTHS, embedding_dim=sphereface.EMBEDDING_DIM))  # of the random-init network
+
+
+def vgg_config() -> ml_collections.ConfigDict:
+  """config.vgg: MUNIT's VGG16 for the perceptual loss (its weight is config.loss_weights.vgg)."""
+  return ml_collections.ConfigDict(dict(
+      weights=""))  # .npz of `python -m facegen_jax.convert vgg16` (needed when the weight > 0)
 
 
 # --- config ---
@@ -110,9 +123,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name, weight in config.loss_weights.items():
     if weight < 0:
       raise errors.ConfigError(f"config.loss_weights.{name} is {weight}: set a value >= 0 (0 = off)")
-  if config.loss_weights.vgg:
-    raise errors.ConfigError("config.loss_weights.vgg > 0: MUNIT's VGG16 perceptual loss is not supported yet; "
-                             "set --config.loss_weights.vgg=0 (as every MUNIT and SATNet config has it)")
+  _validate_vgg(config)
   _validate_identity(config)
 
 
@@ -135,6 +146,21 @@ def _validate_sizes(config) -> None:
         f"config.input.resolution {(height, width)}: the D's last scale ({m.dis.num_scales} scales) sees "
         f"{smallest} px, and its n_layer={m.dis.n_layer} reflect-padded stride-2 convs need {2 ** m.dis.n_layer}: "
         "lower --config.model.dis.num_scales or --config.model.dis.n_layer, or raise the resolution")
+
+
+def _validate_vgg(config) -> None:
+  if not config.loss_weights.vgg:
+    return
+  howto = (f"convert MUNIT's models/vgg16.weight (or torchvision's vgg16-397923af.pth) with "
+           f"`{vgg.VGG16_CONVERT_COMMAND.format(path='vgg16.npz')}` and set --config.vgg.weights=vgg16.npz, or set "
+           "--config.loss_weights.vgg=0")
+  weights = config.get("vgg", {}).get("weights", "")
+  if not weights:
+    raise errors.ConfigError(f"config.loss_weights.vgg > 0 needs VGG16's weights (config.vgg.weights is empty): "
+                             f"{howto}")
+  if not epath.Path(weights).exists():
+    raise errors.ConfigError(f"config.vgg.weights {weights!r} does not exist: {howto}")
+  # The style encoder's 16 px minimum (_validate_sizes) leaves relu5_3 (1/8) at least 2x2 for the instance norm.
 
 
 def _validate_identity(config) -> None:
@@ -197,14 +223,26 @@ def _identity_params(config, rng) -> dict:
   return jax.pure_callback(lambda: _identity_file(c.weights), shapes)
 
 
+@functools.lru_cache(maxsize=2)
+def _vgg_file(path: str) -> dict:
+  """MUNIT's VGG16 parameters (with their `input` preprocessing) from `path`, float32 numpy; cached."""
+  return vgg.load_vgg16_params(path)
+
+
+def _vgg_params(config) -> dict:
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _vgg_file(config.vgg.weights))
+  # Read on the host when the init program runs: as an operand, not a constant of the program.
+  return jax.pure_callback(lambda: _vgg_file(config.vgg.weights), shapes)
+
+
 def _has_identity(config) -> bool:
   """sphere20a is in the state for the identity loss, and whenever its weights are given (for the eval figure)."""
   return bool(config.loss_weights.identity or config.identity.weights)
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
-  """params {"g": {"a", "b"}, "d": {"a", "b"}[, "identity": sphere20a]}; collections {"g": {spectral_stats:
-  {"a", "b"}}, "d": {...}} for the networks with spectral norm (SATNet), else {"g": {}, "d": {}}."""
+  """params {"g": {"a", "b"}, "d": {"a", "b"}[, "identity": sphere20a][, "vgg": VGG16]}; collections {"g":
+  {spectral_stats: {"a", "b"}}, "d": {...}} for the networks with spectral norm (SATNet), else {"g": {}, "d": {}}."""
   keys = jax.random.split(rng, 5)
   image = _example_image(config)
   variables = {"g": {d: _generator(config).init(k, image) for d, k in zip(DOMAINS, keys[:2])},
@@ -212,6 +250,8 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   params = {group: {d: v["params"] for d, v in nets_.items()} for group, nets_ in variables.items()}
   if _has_identity(config):
     params[IDENTITY] = _identity_params(config, keys[4])
+  if config.loss_weights.vgg:
+    params[VGG] = _vgg_params(config)
   collections_ = {group: ({_SPECTRAL: {d: v[_SPECTRAL] for d, v in nets_.items()}} if _SPECTRAL in nets_["a"]
                           else {}) for group, nets_ in variables.items()}
   return {"params": params, "collections": collections_}
@@ -313,6 +353,14 @@ def identity_terms(config, params, pairs: list[tuple]) -> list[jax.Array]:
   return [_batch_cosine(features[2 * i], features[2 * i + 1]) for i in range(len(pairs))]
 
 
+def vgg_terms(config, params, pairs: list[tuple]) -> list[jax.Array]:
+  """MUNIT's compute_vgg_loss(img, target) per (img, target) pair, all images through VGG16 in one call."""
+  images = [x for pair in pairs for x in pair]
+  features = vgg.munit_features(params, jnp.concatenate(images), functools.partial(common.to_compute, config))
+  features = jnp.split(features, len(images))
+  return [jnp.mean(jnp.square(features[2 * i] - features[2 * i + 1])) for i in range(len(pairs))]
+
+
 def _random_styles(config, rng, batch_size: int):
   keys = jax.random.split(rng, len(DOMAINS))
   return {d: common.shard_over_batch(jax.random.normal(k, (batch_size, config.model.gen.style_dim)))
@@ -346,6 +394,8 @@ def _generator_loss(config, g_params, params, stats, reals, styles):
                         + _l1(calls.decode("b", c_b_recon, s_b_prime), x_b))
   terms["g/gan"] = (generator_gan_loss(config, fake_logits=calls.discriminate("a", x_ba))
                     + generator_gan_loss(config, fake_logits=calls.discriminate("b", x_ab)))
+  if w.vgg:
+    terms["g/vgg"] = sum(vgg_terms(config, params[VGG], [(x_ba, x_b), (x_ab, x_a)]))
   metrics = {}
   if w.identity:
     cos_ab, cos_ba = identity_terms(config, params[IDENTITY], [(x_ab, x_a), (x_ba, x_b)])
