@@ -37,7 +37,6 @@ import numpy as np
 from facegen_jax import npz
 
 
-
 def _layer_names(blocks) -> tuple[str, ...]:
   return tuple(f"conv{b}_{i}" for b, (_, n) in enumerate(blocks, start=1) for i in range(1, n + 1))
 
@@ -62,7 +61,8 @@ FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 LOSS_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 CONVERT_COMMAND = "python -m facegen_jax.convert vgg19 --from vgg19-dcbb9e9d.pth --out {path}"
 
-# MUNIT's Vgg16: torchvision's configuration "D" (all 13 convolutions), pooled before blocks 2-4 only.
+# MUNIT networks.py Vgg16: torchvision's configuration "D" (all 13 convolutions), pooled before blocks 2-4
+# only (its quirk, copied: no pool before conv5_1).
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 VGG16_POOLED = (2, 3, 4)
 VGG16_LAYER_NAMES = _layer_names(VGG16_BLOCKS)
