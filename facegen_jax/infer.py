@@ -30,7 +30,7 @@ from input_pipeline import transforms
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # The command that serves each task.
-COMMANDS = {"sample": "generate", "translate": "translate", "inpaint": "inpaint"}
+COMMANDS = {"sample": "generate", "translate": "translate", "inpaint": "inpaint", "complete": "generate"}
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,15 +52,17 @@ def main(command: str, parser: argparse.ArgumentParser, run: Callable[[argparse.
   return errors.run_command(f"facegen_jax.{command}", lambda: run(args))
 
 
-def load_run(workdir: str, task: str, *, step: int | None, best: bool):
-  """(config, family, inference state, step) of a run whose family serves `task`."""
+def load_run(workdir: str, task: str | tuple[str, ...], *, step: int | None, best: bool):
+  """(config, family, inference state, step) of a run whose family serves `task` (or one of several)."""
   config = rundir.load_config(workdir)
   family = families.get_family(config.family)
-  if family.CONTRACT.task != task:
+  tasks = (task,) if isinstance(task, str) else tuple(task)
+  if family.CONTRACT.task not in tasks:
+    task = " or ".join(repr(t) for t in tasks)
     command = COMMANDS.get(family.CONTRACT.task)
     use = f"use `python -m facegen_jax.{command}`" if command else "it has no inference command yet"
     raise errors.UserError(f"{workdir} holds a {config.family} model, whose task is "
-                           f"{family.CONTRACT.task!r}, not {task!r}: {use}")
+                           f"{family.CONTRACT.task!r}, not {task}: {use}")
   state, step = rundir.restore_state(workdir, config, step=step, best=best)
   return config, family, state_lib.inference_state(state), step
 

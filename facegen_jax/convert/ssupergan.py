@@ -18,8 +18,12 @@ parameters must have that variant's shapes) and the panel size the model runs at
 checkpoint, so the original's defaults: masked panel first, LSTM dropout 0.
 
 Every key must be used and every variable filled, or a one-line UserError names the keys (`torch_map`). Output:
-`DIR/variables.npz` ("<network>/<collection>/<module path>/<leaf>" arrays) and `DIR/model.json` (the model name and
-`settings`, the keyword arguments of `networks_for`); `load(DIR)` reads both back.
+a run directory of the family (vae, intro_vae, ssupervae, ssuper_dcgan): DIR/config.json (configs/<family>.py's
+real config, `ssupervae.py:lstm` for an LSTM SSuperVAE, with the checkpoint's sizes, --backbone and
+--panel_size) and a step-0 checkpoint with fresh optimizers, which `generate --workdir DIR` uses (--images,
+--num, --panels) and `main --workdir DIR` fine-tunes; beside them `DIR/variables.npz` ("<network>/<collection>/
+<module path>/<leaf>" arrays) and `DIR/model.json` (the model name and `settings`, the keyword arguments of
+`networks_for`), which `load(DIR)` reads back.
 """
 
 from __future__ import annotations
@@ -302,10 +306,76 @@ def load(directory) -> Converted:
   return Converted(meta["model"], meta["settings"], traverse_util.unflatten_dict(flat))
 
 
+# --- the run directory ---
+
+FAMILIES = {"vae": "vae", "intro_vae": "intro_vae", "plain_ssupervae": "ssupervae", "ssuper_dcgan": "ssuper_dcgan"}
+_INTRO_GROUPS = ("encoder", "decoder")
+
+
+def build_config(model: str, settings: dict):
+  """configs/<family>.py's real config with the checkpoint's sizes (the LSTM preset for an LSTM SSuperVAE)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  family = FAMILIES[model]
+  preset = "lstm" if model == "plain_ssupervae" and settings["use_lstm"] else ""
+  # Imported here so the other converters do not depend on the configs package.
+  config = importlib.import_module(f"configs.{family}").get_config(preset)
+  m = config.model
+  keys = ("latent_dim", "image_size", "embed_dim", "use_lstm", "lstm_hidden", "bidirectional", "num_layers",
+          "backbone", "ngf", "ndf")
+  m.update({k: settings[k] for k in keys if k in settings and k in m})
+  if "channels" in settings:
+    m.channels = tuple(settings["channels"])
+  if model in ("vae", "intro_vae"):
+    config.input.resolution = settings["image_size"]
+  else:
+    config.input.panels.num_panels = settings["seq_size"]
+    config.input.panels.panel_size = settings["panel_size"]
+    config.input.resolution = settings.get("image_size", 64)
+  return config
+
+
+def train_state_parts(model: str, variables: dict[str, dict]) -> tuple[dict, dict]:
+  """(params, collections) in the family's layout from `variables_from_state_dict`'s networks."""
+  if model == "intro_vae":
+    v = variables["vae"]
+    return ({g: v["params"][g] for g in _INTRO_GROUPS},
+            {g: {"batch_stats": v["batch_stats"][g]} for g in _INTRO_GROUPS})
+  if model in ("vae", "plain_ssupervae"):
+    v = variables["vae" if model == "vae" else "ssupervae"]
+    return {"vae": v["params"]}, {"vae": {"batch_stats": v["batch_stats"]}}
+  g, d = variables["ssuper_dcgan"], variables["discriminator"]
+  params = {"encoder": {k: g["params"][k] for k in ("backbone", "sequence_encoder")},
+            "g": {"generator": g["params"]["generator"]}, "d": d["params"]}
+  collections = {"encoder": {"batch_stats": {"backbone": g["batch_stats"]["backbone"]}},
+                 "g": {"batch_stats": {"generator": g["batch_stats"]["generator"]}},
+                 "d": {"batch_stats": d["batch_stats"]}}
+  return params, collections
+
+
+def write_run_directory(out, converted: Converted):
+  """DIR/config.json and a step-0 checkpoint of the family's train state (fresh optimizers); returns the config."""
+  from facegen_jax import compile as compile_lib  # pylint: disable=g-import-not-at-top
+  from facegen_jax import families  # pylint: disable=g-import-not-at-top
+  from facegen_jax import rundir  # pylint: disable=g-import-not-at-top
+  config = build_config(converted.model, converted.settings)
+  params, collections = train_state_parts(converted.model, converted.variables)
+  params, collections = jax.tree.map(jnp.asarray, (params, collections))
+
+  def fresh(key):  # Optimizer states; the networks' own init is dropped by XLA, as its values are replaced.
+    state = families.init_state(config, key)
+    return state.replace(params={}, collections={})
+  state = compile_lib.jit(fresh, run_once=True)(jax.random.key(config.seed))
+  state = state.replace(params=params, collections=collections, ema={g: params[g] for g in state.ema})
+  rundir.save_state(out, config, state)
+  return config
+
+
 def convert(model: str, checkpoint, out, *, backbone: str = "efficientnet-b5", panel_size: int = 300) -> Converted:
-  """Reads the checkpoint, converts it and writes `out`; returns the conversion."""
+  """Reads the checkpoint, converts it and writes `out` (the run directory and the variables); returns the
+  conversion."""
   state_dict = read_checkpoint(checkpoint)
   converted = variables_from_state_dict(model, state_dict, backbone=backbone, panel_size=panel_size,
                                         source=checkpoint)
   save(out, converted)
+  write_run_directory(out, converted)
   return converted

@@ -165,6 +165,11 @@ def validate_ssuper(config) -> None:
     raise errors.ConfigError(f"config.model.lstm_hidden {m.lstm_hidden} must be even for a bidirectional LSTM "
                              "(each direction has half)")
   path = m.get("backbone_weights")
+  logging.info("%s: %s (static padding for %s px) on %d px panels x %d, embedding %d, %s encoder, latent %d",
+               config.family, m.backbone, m.get("static_pad_size") or "the variant's", config.input.panels.panel_size,
+               config.input.panels.num_panels, m.embed_dim,
+               f"LSTM {m.lstm_hidden}{' bidirectional' if m.bidirectional else ''}" if m.use_lstm else "plain",
+               m.latent_dim)
   if m.backbone == "toy":
     if path:
       raise errors.ConfigError("config.model.backbone 'toy' (the tests' stand-in) takes no weights: unset "
