@@ -147,3 +147,19 @@ def test_depthwise_taps_equal_the_grouped_convolution(kernel, stride, pad):
       np.testing.assert_allclose(taps, xla, rtol=1e-12, atol=1e-12)
   with pytest.raises(ValueError, match="depthwise impl"):
     efficientnet.depthwise_conv(x, w, stride, pad, "im2col")
+
+
+def test_remat_changes_nothing_but_memory():
+  # Eval mode: train-mode BN at 1x1 maps of 2 examples is too ill-conditioned to compare two float orders.
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+  variables = efficientnet.abstract_variables("efficientnet-b0", 4)
+  variables = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape) * 0.3, variables)
+  variables["batch_stats"] = jax.tree.map(lambda v: 1 + jnp.abs(v), variables["batch_stats"])
+
+  def grads(remat):
+    module = efficientnet.EfficientNet("efficientnet-b0", 4, remat=remat)
+    return _jit(jax.grad(lambda p: module.apply({**variables, "params": p}, x, train=False).sum()))(
+        variables["params"])
+
+  for a, b in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())

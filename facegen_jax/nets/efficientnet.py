@@ -282,7 +282,7 @@ class MBConvBlock(nn.Module):
   depthwise_impl: str = "auto"
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, inputs: jax.Array, train: bool) -> jax.Array:
     spec = self.spec
     x = inputs
     if spec.expand:
@@ -315,6 +315,9 @@ class EfficientNet(nn.Module):
   dropout_rate: float | None = None  # default: the variant's
   drop_connect_rate: float = DROP_CONNECT_RATE
   depthwise_impl: str = "auto"  # see `depthwise_conv`
+  # Recompute each block's activations in the backward pass: b5 at 300 px keeps ~1.2 GB per image for it
+  # (batch 12 went past 14 GB on CPU) and recomputing costs one more forward.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, features_only: bool = False) -> jax.Array:
@@ -325,12 +328,13 @@ class EfficientNet(nn.Module):
     x = Conv(stem, 3, 2, same_padding(pad_size, 3, 2), name="conv_stem")(x)
     x = swish(BatchNorm(name="bn0")(x, train=train))
     reductions = 0
+    block_cls = nn.remat(MBConvBlock, static_argnums=(2,)) if self.remat else MBConvBlock
     for index, spec in enumerate(specs):
       if spec.stride > 1:  # the original's test is on the map size, which a stride-2 block always reduces
         reductions += 1
         self.sow("intermediates", f"reduction_{reductions}", x)
       rate = self.drop_connect_rate * index / len(specs)
-      x = MBConvBlock(spec, rate, self.depthwise_impl, name=f"blocks_{index}")(x, train=train)
+      x = block_cls(spec, rate, self.depthwise_impl, name=f"blocks_{index}")(x, train)
     self.sow("intermediates", f"reduction_{reductions + 1}", x)
     x = Conv(head_filters(self.variant), name="conv_head")(x)
     x = swish(BatchNorm(name="bn1")(x, train=train))
