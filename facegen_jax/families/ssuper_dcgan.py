@@ -162,8 +162,8 @@ def _complete(config, state, panels):
 
 
 def sample(config: ml_collections.ConfigDict, state: state_lib.TrainState, inputs: dict) -> dict:
-  """Context panels | masked panel | G(mu) | real face."""
-  return {**shared.panels_grid(config, inputs["panels"]), "completed": _complete(config, state, inputs["panels"]),
+  """Context panels | masked panel | G(mu) ("predicted") | real face (grids go in sorted key order)."""
+  return {**shared.panels_grid(config, inputs["panels"]), "predicted": _complete(config, state, inputs["panels"]),
           "real": inputs["image"]}
 
 

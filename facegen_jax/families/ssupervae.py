@@ -80,9 +80,9 @@ def _complete(config, state, panels):
 
 
 def sample(config: ml_collections.ConfigDict, state: state_lib.TrainState, inputs: dict) -> dict:
-  """Context panels | masked panel | completed face (from mu) | real face."""
+  """Context panels | masked panel | the face from mu ("predicted") | real face (grids go in sorted key order)."""
   return {**shared.panels_grid(config, inputs["panels"]),
-          "completed": shared.clip_images(_complete(config, state, inputs["panels"])), "real": inputs["image"]}
+          "predicted": shared.clip_images(_complete(config, state, inputs["panels"])), "real": inputs["image"]}
 
 
 def eval_inputs(config: ml_collections.ConfigDict, rng: jax.Array, size: int, data: dict) -> dict:
