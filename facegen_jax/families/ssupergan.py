@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from facegen_jax import errors
+from facegen_jax.nets import conv as conv_lib
 from facegen_jax.nets import efficientnet
 from facegen_jax.nets import ssupergan as nets
 from input_pipeline import panels as panels_lib
@@ -89,8 +90,8 @@ class ToyBackbone(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     for i in range(2):
-      x = nn.Conv(self.width * 2 ** i, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
-                  name=f"conv_{i}")(x)
+      x = conv_lib.Conv(self.width * 2 ** i, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
+                        name=f"conv_{i}")(x)
       x = efficientnet.swish(nets.BatchNorm(name=f"bn_{i}")(x, train=train))
     x = nn.Dropout(0.2, deterministic=not train)(x.mean(axis=(1, 2)))
     return nn.Dense(self.num_classes, name="fc")(x)
