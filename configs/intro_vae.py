@@ -10,7 +10,6 @@ training samples, a debugging value; the VAE's 30,000 here). The x_p hinge follo
 
 import ml_collections
 
-from configs import presets
 from configs import vae as vae_config
 from facegen_jax import base_config
 
@@ -30,22 +29,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       original_xp_hinge=False))
   config.loss_weights = ml_collections.ConfigDict(dict(kl=1.0))  # Only the VAE families' ELBO reads it.
   vae_config.face_input(config, num_examples=vae_config.TRAIN_FACES)
-  config.log_every_steps = 100
-  config.sample_every_steps = 2000
-  config.checkpoint_every_steps = 2000
-  config.num_sample_images = 16
-
-  if preset == "cpu":  # Minutes on 2 CPU cores: the seed's network at half width, batch 16.
-    config.batch_size = 16
-    config.num_train_steps = 400
-    config.model.update(channels=(32, 64, 128, 256), latent_dim=128)
-    config.input.synthetic.num_examples = 4_000
-    config.sample_every_steps = 200
-    config.checkpoint_every_steps = 200
-  elif preset == "tiny":
-    presets.tiny(config, batch_size=4, resolution=32)
-    config.model.update(image_size=32, channels=(8, 16, 16), latent_dim=8)
+  vae_config.apply_preset(config, preset, "configs/intro_vae.py", cpu_steps=400)
+  if preset == "tiny":
     config.intro.margin = 2.0  # Above the toy KLs, so both hinges have a gradient.
-  elif preset:
-    raise presets.unknown_preset(preset, "configs/intro_vae.py", ("", "cpu", "tiny"))
   return config

@@ -47,14 +47,18 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.optim.vae = ssupergan_adam()
   config.loss_weights = ml_collections.ConfigDict(dict(kl=1.0))
   face_input(config, num_examples=TRAIN_FACES)
+  return apply_preset(config, preset, "configs/vae.py", cpu_steps=600)
+
+
+def apply_preset(config, preset: str, config_file: str, *, cpu_steps: int) -> ml_collections.ConfigDict:
+  """The logging cadence and the "cpu" / "tiny" presets the VAE and IntroVAE configs share."""
   config.log_every_steps = 100
   config.sample_every_steps = 2000
   config.checkpoint_every_steps = 2000
   config.num_sample_images = 16
-
   if preset == "cpu":  # Minutes on 2 CPU cores: the seed's network at half width, batch 16.
     config.batch_size = 16
-    config.num_train_steps = 600
+    config.num_train_steps = cpu_steps
     config.model.update(channels=(32, 64, 128, 256), latent_dim=128)
     config.input.synthetic.num_examples = 4_000
     config.sample_every_steps = 200
@@ -63,5 +67,5 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     presets.tiny(config, batch_size=4, resolution=32)
     config.model.update(image_size=32, channels=(8, 16, 16), latent_dim=8)
   elif preset:
-    raise presets.unknown_preset(preset, "configs/vae.py", ("", "cpu", "tiny"))
+    raise presets.unknown_preset(preset, config_file, ("", "cpu", "tiny"))
   return config
