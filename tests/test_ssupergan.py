@@ -78,6 +78,21 @@ def test_losses_are_the_originals():
   np.testing.assert_allclose(errors["psnr"], [10 * np.log10(4 / 0.04)], rtol=1e-6)
 
 
+def test_intro_vae_prior_hinge_is_the_papers_margin_unless_the_original_flag():
+  """L_E = KL + alpha (relu(m - KL_r) + relu(m' - KL_pp)) + beta L_ae: m' = m (110, the paper's) by default,
+  alpha (0.25, the original's typo) with intro.original_xp_hinge."""
+  from facegen_jax.families import intro_vae  # pylint: disable=g-import-not-at-top
+  c = _config("intro_vae").intro
+  assert (c.alpha, c.beta, c.margin) == (0.25, 5.0, 110.0)
+  terms = dict(kl=3.0, kl_r=200.0, kl_pp=40.0, ae=2.0)  # KL_r above the margin: its hinge is 0.
+  paper = 3.0 + 0.25 * (0.0 + (110.0 - 40.0)) + 5.0 * 2.0
+  assert float(intro_vae.encoder_objective(c, **terms)) == pytest.approx(paper)
+  c.original_xp_hinge = True
+  assert float(intro_vae.encoder_objective(c, **terms)) == pytest.approx(3.0 + 0.0 + 5.0 * 2.0)  # 0.25 - 40 < 0.
+  assert float(intro_vae.encoder_objective(c, **{**terms, "kl_pp": 0.05})) == pytest.approx(
+      3.0 + 0.25 * 0.2 + 10.0)
+
+
 def test_vae_reconstruction_error_falls():
   """A short run of the tiny VAE on synthetic faces (a constant learning rate: the tiny preset's decays to 0 over
   its 4 steps): the reconstruction MSE of the last steps is well below the first steps'."""

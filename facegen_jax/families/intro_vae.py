@@ -90,6 +90,12 @@ def _kl(mu_log_std):
   return shared.kl_divergence(*mu_log_std).mean()
 
 
+def encoder_objective(c: ml_collections.ConfigDict, *, kl, kl_r, kl_pp, ae) -> jax.Array:
+  """L_E with config.intro `c`: the prior samples' hinge at the margin m, or at alpha with original_xp_hinge."""
+  xp_margin = c.alpha if c.original_xp_hinge else c.margin
+  return kl + c.alpha * (jax.nn.relu(c.margin - kl_r) + jax.nn.relu(xp_margin - kl_pp)) + c.beta * ae
+
+
 def train_step(config: ml_collections.ConfigDict, state: state_lib.TrainState, batch: dict,
                rng: jax.Array) -> tuple[state_lib.TrainState, dict]:
   c = config.intro
@@ -99,7 +105,6 @@ def train_step(config: ml_collections.ConfigDict, state: state_lib.TrainState, b
   shape = (x.shape[0], config.model.latent_dim)
   z_p, noise_e, noise_d = (common.shard_over_batch(jax.random.normal(keys[k], shape)) for k in keys)
   stats = {g: state.collections[g]["batch_stats"] for g in GROUPS}
-  xp_margin = c.alpha if c.original_xp_hinge else c.margin
 
   def encoder_loss(enc_params):
     calls = _Calls(config, stats)
@@ -111,7 +116,7 @@ def train_step(config: ml_collections.ConfigDict, state: state_lib.TrainState, b
     kl_r = _kl(calls.enc(enc_params, jax.lax.stop_gradient(x_r)))
     kl_pp = _kl(calls.enc(enc_params, jax.lax.stop_gradient(x_p)))
     kl = _kl((mu, log_std))
-    loss = kl + c.alpha * (jax.nn.relu(c.margin - kl_r) + jax.nn.relu(xp_margin - kl_pp)) + c.beta * ae
+    loss = encoder_objective(c, kl=kl, kl_r=kl_r, kl_pp=kl_pp, ae=ae)
     return loss, (calls.stats, {"encoder/loss": loss, "encoder/kl": kl, "encoder/kl_reconstruction": kl_r,
                                 "encoder/kl_prior_sample": kl_pp, "encoder/ae": ae,
                                 **shared.recon_metrics("vae", x, x_r)})
