@@ -8,7 +8,11 @@ spectral norm, hinge loss, TTUR and a SphereFace identity loss, for face photo <
 
 Domain a is the drawing / caricature, b the photo (SATNet's 'c' and 'p'); the default data are the synthetic toon
 (a) and photo (b) faces drawn from the same identities (one seed), so the identity loss and its cosine measure
-something. WebCaricature's aligned folders: --config.input.a.source=folder --config.input.a.folder.image_dir=...
+something. WebCaricature: build it once with `python -m input_pipeline.webcaricature --manual_dir DIR` (aligned as
+SATNet aligns it, side faces dropped, the protocol's people splits), then --config.input.a.source=tfds
+--config.input.a.tfds.name=webcaricature/caricature --config.input.b.source=tfds
+--config.input.b.tfds.name=webcaricature/photo; or already aligned folders: --config.input.a.source=folder
+--config.input.a.folder.image_dir=...
 
 Presets:
   ""    SATNet's: MUNIT's networks (dim 64, style_dim 8, mlp_dim 256, n_downsample 2, n_res 4) with self-attention,
