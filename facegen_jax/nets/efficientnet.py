@@ -31,6 +31,7 @@ Variable names are torch's without the underscore (`conv_stem`, `blocks_12/depth
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -41,6 +42,7 @@ import numpy as np
 
 from facegen_jax import npz
 from facegen_jax.errors import DataError
+from facegen_jax.nets import batch_norm
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.01  # torch's convention: new = (1 - m) * running + m * batch (TF's 0.99).
@@ -239,33 +241,8 @@ class Conv(nn.Module):
     return y
 
 
-class BatchNorm(nn.Module):
-  """torch's BatchNorm2d(eps 1e-3, momentum 0.01): running variance updated with the unbiased batch variance."""
-
-  momentum: float = BN_MOMENTUM
-  epsilon: float = BN_EPSILON
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    channels = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (channels,))
-    bias = self.param("bias", nn.initializers.zeros, (channels,))
-    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
-    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-    dtype = x.dtype
-    x = x.astype(jnp.promote_types(dtype, jnp.float32))  # statistics in float32 also under bfloat16 compute
-    if train:
-      mean = x.mean(axis=(0, 1, 2))
-      var = jnp.square(x - mean).mean(axis=(0, 1, 2))
-      if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-        count = x.size // channels
-        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
-        running_var.value = ((1 - self.momentum) * running_var.value
-                             + self.momentum * var * (count / max(count - 1, 1)))
-    else:
-      mean, var = running_mean.value, running_var.value
-    factor = scale * jax.lax.rsqrt(var + self.epsilon)
-    return (x * factor + (bias - mean * factor)).astype(dtype)
+# torch's BatchNorm2d(eps 1e-3, momentum 0.01): running variance updated with the unbiased batch variance.
+BatchNorm = functools.partial(batch_norm.BatchNorm, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
 
 
 def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facegen_jax.nets import batch_norm
 from facegen_jax.nets import conv as conv_lib
 
 _LEAKY_SLOPE = 0.2
@@ -87,39 +88,7 @@ def _upsample2(x):
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-class BatchNorm(nn.Module):
-  """torch's BatchNorm2d (affine) on NHWC: statistics over all but the last axis.
-
-  In training it normalises with the batch's biased variance and moves the running mean and the *unbiased*
-  variance by `momentum` (torch's convention: new = (1 - momentum) old + momentum batch); flax's BatchNorm keeps
-  the biased variance, which differs from what a torch checkpoint holds. Statistics in float32. Applied in
-  training without "batch_stats" mutable it normalises by the batch and leaves the running statistics alone.
-  """
-
-  momentum: float = 0.1
-  epsilon: float = 1e-5
-  scale_init: nn.initializers.Initializer = nn.initializers.ones
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    channels = x.shape[-1]
-    scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
-    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-    x, dtype = x.astype(jnp.float32), x.dtype
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      mean = x.mean(axis=axes)
-      var = jnp.square(x - mean).mean(axis=axes)
-      if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-        count = x.size // channels
-        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
-        running_var.value = ((1 - self.momentum) * running_var.value
-                             + self.momentum * var * (count / max(count - 1, 1)))
-    else:
-      mean, var = running_mean.value, running_var.value
-    return ((x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias).astype(dtype)
+BatchNorm = batch_norm.BatchNorm  # torch's BatchNorm2d (momentum 0.1, eps 1e-5).
 
 
 # --- the IntroVAE network ---
