@@ -1,9 +1,15 @@
-"""A minimal `torchvision` for running pytorch-fid's own code, since torchvision does not import beside our torch.
+"""A minimal `torchvision` for running pytorch-fid's and lpips' own code, since torchvision does not import beside our
+torch.
 
 pytorch-fid needs only `torchvision.__version__`, `models.inception_v3` and the block classes of
 `models.inception` (it subclasses InceptionA/C/E and overrides their forward; Mixed_6a/7a keep torchvision's
 InceptionB/D forward), and `transforms.ToTensor`. The classes below have torchvision's module names and shapes
 (hence its state_dict keys), and B/D its forward, which is all pytorch-fid touches.
+
+The `lpips` package needs `models.vgg16(pretrained=...).features`: torchvision's layer list for configuration "D"
+(13 convs + ReLUs, a max-pool after each block: 31 modules, the same indices and so the same state_dict keys). The
+stand-in has no weights (pretrained must be false: pass lpips.LPIPS(pnet_rand=True) and load a trunk) and no
+classifier (lpips never touches it; its 120 M parameters would only slow the tests).
 """
 
 import sys
@@ -137,6 +143,31 @@ def inception_v3(*, weights=None, **kwargs):
   return Inception3(**kwargs)
 
 
+# torchvision.models.vgg cfgs["D"]: the width of each 3x3 conv (+ ReLU), "M" a 2x2 max-pool.
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+  """torchvision's VGG, features only."""
+
+  def __init__(self, cfg=VGG16_CFG):
+    super().__init__()
+    layers, channels = [], 3
+    for v in cfg:
+      if v == "M":
+        layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+      else:
+        layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+        channels = v
+    self.features = nn.Sequential(*layers)
+
+
+def vgg16(*, pretrained=False, weights=None, **kwargs):
+  assert not pretrained and weights is None, "the stand-in has no pretrained weights"
+  assert not kwargs, kwargs
+  return VGG()
+
+
 class ToTensor:
   """torchvision.transforms.ToTensor for PIL RGB images: CHW float32 in [0, 1]."""
 
@@ -154,6 +185,7 @@ def modules() -> dict[str, types.ModuleType]:
   for name in ("BasicConv2d", "InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE", "Inception3"):
     setattr(inception, name, getattr(this, name))
   models.inception, models.inception_v3 = inception, inception_v3
+  models.vgg16 = vgg16
   transforms = types.ModuleType("torchvision.transforms")
   transforms.ToTensor = ToTensor
   torchvision.models, torchvision.transforms = models, transforms
