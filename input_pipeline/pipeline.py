@@ -32,6 +32,7 @@ resize, crop and flip are skipped (the fields are documented there). One source;
 from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
+import os
 import re
 import sys
 import zlib
@@ -42,6 +43,7 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
+from facegen_jax import masks as masks_lib
 from facegen_jax.errors import ConfigError, DataError
 from input_pipeline import panels
 from input_pipeline import sources
@@ -124,7 +126,28 @@ def default_input_config() -> ml_collections.ConfigDict:
   config.record = "image"
   # num_panels, panel_size, face_size (the same setting as resolution), domain, torchvision_resize.
   config.panels = panels.default_config(config.get_ref("resolution"))
+  # Hole masks drawn for every record (batch "mask", 1 = hole; see `MaskedSource`); "none" keeps a source's own.
+  config.masks = masks_config()
   return config
+
+
+MASK_KINDS = ("none", "surgical", "n95", "kn95", "cloth", "mask", "random", "folder")
+FACE_MASK_KINDS = ("surgical", "n95", "kn95", "cloth", "mask")
+
+
+def masks_config() -> ml_collections.ConfigDict:
+  """config.input.masks: the hole drawn for each record, the same for the same (seed, record index) always."""
+  c = ml_collections.ConfigDict()
+  # "surgical" | "n95" | "kn95" | "cloth": MaskTheFace's medical masks from the face's 68 landmarks (synthetic
+  # faces give theirs); "mask": any of the four per record; "random": TFill's training mix (centre box / random
+  # rectangles / free-form strokes); "folder": user masks from `mask_dir` (white = hole, file i % n for record i);
+  # "none": no drawn masks (a folder.mask_dir or tfds.mask_key source brings its own).
+  c.kind = "none"
+  c.band = config_dict.placeholder(object)  # (lo, hi) hole ratio, e.g. (0.2, 0.3); None: as drawn.
+  c.seed = 0             # The masks' own seed: evaluation masks stay fixed across runs and run seeds.
+  c.dilate = 0.0         # Grow every hole by this many pixels (of the stored image) to cover a real mask.
+  c.mask_dir = config_dict.placeholder(str)  # kind "folder": a folder of mask PNGs.
+  return c
 
 
 def domain_config(**overrides) -> ml_collections.ConfigDict:
@@ -336,10 +359,50 @@ def validate(input_config) -> None:
       raise ConfigError(f"input.{field} {c[field]} is below {minimum}: fix --config.input.{field}")
   if record == "panels":
     panels.validate(c)  # Its own sizes and sources; resolution is the face size.
+    _validate_masks(c, settings, panels_record=True)
     return
   group_ids(c)
+  _validate_masks(c, settings)
   for index, (s, flag) in enumerate(settings.values()):
     _validate_source(c, s, flag, index)
+
+
+def _mask_band(value) -> tuple[float, float] | None:
+  if value is None:
+    return None
+  band = tuple(value) if isinstance(value, (tuple, list)) else None
+  if (band is None or len(band) != 2 or not all(isinstance(v, (int, float)) for v in band)
+      or not 0 <= band[0] < band[1] <= 1):
+    raise ConfigError(f"input.masks.band {value!r} is not a (lo, hi) hole ratio with 0 <= lo < hi <= 1: set "
+                      "--config.input.masks.band='(0.2, 0.3)' or None")
+  return float(band[0]), float(band[1])
+
+
+def _validate_masks(c, settings, panels_record: bool = False) -> None:
+  m = c.get("masks")
+  kind = "none" if m is None else m.kind
+  if kind not in MASK_KINDS:
+    raise ConfigError(f"input.masks.kind {kind!r} is unknown: set --config.input.masks.kind to one of {MASK_KINDS}")
+  if kind == "none":
+    return
+  if panels_record or list(settings) != [""]:
+    raise ConfigError("input.masks draws holes for one source of face images, not for panel sequences or several "
+                      "domains: set --config.input.masks.kind=none")
+  _mask_band(m.band)
+  if m.dilate < 0 or not isinstance(m.seed, int) or m.seed < 0:
+    raise ConfigError(f"input.masks.dilate {m.dilate!r} and seed {m.seed!r} must be >= 0: fix "
+                      "--config.input.masks.dilate / --config.input.masks.seed")
+  if c.source == "folder" and c.folder.mask_dir or c.source == "tfds" and c.tfds.get("mask_key"):
+    raise ConfigError(f"input.masks.kind {kind!r} would replace the masks the {c.source} source brings: set "
+                      "--config.input.masks.kind=none to use those, or unset folder.mask_dir / tfds.mask_key")
+  if kind == "folder" and not (m.mask_dir and os.path.isdir(m.mask_dir)):
+    raise ConfigError(f"input.masks.kind 'folder' needs a folder of mask PNGs (white = hole) and mask_dir is "
+                      f"{m.mask_dir!r}: set --config.input.masks.mask_dir")
+  if kind in FACE_MASK_KINDS and c.source == "folder":
+    raise ConfigError(
+        f"input.masks.kind {kind!r} draws a medical mask from a face's 68 landmarks, and folder images carry none: "
+        f"write the masks with dlib's landmarks (`python -m facegen_jax.masks --images {c.folder.image_dir} --out "
+        "MASKED --type surgical`) and set --config.input.folder.mask_dir=MASKED/masks --config.input.masks.kind=none")
 
 
 def _validate_source(c, s, flag: str, index: int) -> None:
@@ -375,6 +438,14 @@ def _validate_source(c, s, flag: str, index: int) -> None:
 
 
 def _build_source(c, s, flag: str, index: int) -> grain.sources.RandomAccessDataSource:
+  source = _build_plain_source(c, s, flag, index)
+  m = c.get("masks")  # A config saved before masks existed has none.
+  if m is None or m.kind == "none":
+    return source
+  return MaskedSource(source, m.kind, band=_mask_band(m.band), seed=m.seed, dilate=m.dilate, mask_dir=m.mask_dir)
+
+
+def _build_plain_source(c, s, flag: str, index: int) -> grain.sources.RandomAccessDataSource:
   if panels.record_kind(c) == "panels":
     return panels.create_source(c)
   if s.source == "synthetic":
@@ -397,6 +468,74 @@ def _build_source(c, s, flag: str, index: int) -> grain.sources.RandomAccessData
       data_source, name=t.name, image_key=t.image_key, label_key=t.label_key, mask_key=t.get("mask_key"),
       int_keys=tuple(t.int_keys), num_classes=c.num_classes,
       label_mapping=_label_mapping(t.label_mapping, f"{flag}.tfds.label_mapping"), flag=f"{flag}.tfds")
+
+
+# TFill's training mix (options mask_type [0, 1, 3]: one type per image): type 0 is the centre box 30 % of the time
+# and a random rectangle mask otherwise; type 3 (external irregular mask files) is stood in for by free-form strokes.
+_TFILL_MIX = (("center", 0.1), ("boxes", 1 / 3 * 0.7 + 1 / 3), ("strokes", 1 / 3))
+_MIX_STREAM = 0x6D6978  # "mix": the kind's draw is independent of the hole's own generator
+
+
+class MaskedSource:
+  """A source whose records gain "mask" (uint8 (H, W), 255 = hole) at their stored size, before any resize or
+  crop, so the hole moves with the face; record `index`'s hole is `masks.record_hole(kind, seed, index, ...)`,
+  the same in every epoch, run and process (and so in evaluation). Face kinds take synthetic faces' own 68
+  landmarks, or a record's "landmarks" (68, 2) with pixel centres at +0.5 (a TFDS feature)."""
+
+  def __init__(self, source, kind: str, *, band=None, seed: int = 0, dilate: float = 0.0, mask_dir=None):
+    self.source, self.kind, self.band, self.seed, self.dilate = source, kind, band, seed, dilate
+    self.mask_files = None
+    if kind == "folder":
+      self.mask_files = sorted(os.path.join(mask_dir, n) for n in os.listdir(mask_dir) if n.lower().endswith(".png"))
+      if not self.mask_files:
+        raise ConfigError(f"input.masks.mask_dir {mask_dir} holds no .png masks: fix --config.input.masks.mask_dir")
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getattr__(self, name):  # record_groups, has_labels, num_groups, ... of the wrapped source
+    if name.startswith("__") or name == "source":
+      raise AttributeError(name)
+    return getattr(self.source, name)
+
+  def __repr__(self) -> str:
+    return f"MaskedSource({self.source!r}, kind={self.kind!r}, band={self.band}, seed={self.seed})"
+
+  def _landmarks(self, index: int, record: dict) -> np.ndarray:
+    if isinstance(self.source, synthetic.SyntheticFaces):
+      s = self.source
+      return synthetic.landmarks68(s.seed, s.render_index(index), s.resolution, s.domain, s.num_identities)
+    points = record.get(transforms.LANDMARKS_KEY)
+    if points is None or np.shape(points) != (68, 2):
+      raise DataError(f"input.masks.kind {self.kind!r} needs 68 face landmarks per record and record {index} of "
+                      f"{self.source!r} has {'none' if points is None else np.shape(points)}: use synthetic faces, "
+                      "or write masks with `python -m facegen_jax.masks` and read them as the source's masks")
+    return np.asarray(points, np.float64) - 0.5  # dlib's convention: pixel centres at integers
+
+  def kind_of(self, index: int) -> str:
+    """The masks-module kind drawn for record `index`."""
+    if self.kind == "mask":
+      return "random"  # masks.py's "random": any of the four medical masks
+    if self.kind != "random":
+      return self.kind
+    mix = [(k, p) for k, p in _TFILL_MIX
+           if k != "center" or self.band is None or self.band[0] <= 0.25 <= self.band[1]]
+    probs = np.array([p for _, p in mix])
+    pick = np.random.default_rng([_MIX_STREAM, self.seed, index]).choice(len(mix), p=probs / probs.sum())
+    return mix[pick][0]
+
+  def __getitem__(self, index: int):
+    record = self.source[index]
+    if record is None:
+      return None
+    image = record["image"]
+    kind = self.kind_of(index)
+    face = kind in masks_lib.TEMPLATE_KINDS + ("random",)
+    hole = masks_lib.record_hole(kind, self.seed, index, image.shape[0], image.shape[1], band=self.band,
+                                 image=image if face else None,
+                                 landmarks=self._landmarks(index, record) if face else None,
+                                 mask_files=self.mask_files, dilate_px=self.dilate)
+    return {**record, "mask": hole.astype(np.uint8) * np.uint8(255)}
 
 
 def create_source(input_config, domain: str | None = None) -> grain.sources.RandomAccessDataSource:
