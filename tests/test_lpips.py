@@ -35,6 +35,7 @@ from facegen_jax import errors
 from facegen_jax.convert import torch_reader
 from facegen_jax.nets import lpips as lpips_lib
 from facegen_jax.nets import vgg
+from tests import fid_weights
 
 torch = pytest.importorskip("torch", reason="computes reference outputs with torch: see requirements-test.txt")
 
@@ -45,8 +46,7 @@ _SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))  # lpips' vgg16 slices o
 @pytest.fixture(scope="module")
 def lpips_package():
   """The `lpips` package imported with the torchvision stand-in (restored afterwards)."""
-  if importlib.util.find_spec("lpips") is None:
-    pytest.skip("the lpips package (requirements-test.txt) is the reference")
+  sys.path.insert(0, str(fid_weights.lpips_dir()))  # its source, fetched by tests/get_fid_weights.py
   from tests import torchvision_standin  # pylint: disable=g-import-not-at-top
   saved = {name: sys.modules.get(name) for name in torchvision_standin.modules()}
   sys.modules.update(torchvision_standin.modules())
@@ -54,6 +54,7 @@ def lpips_package():
     del sys.modules[name]
   import lpips  # pylint: disable=g-import-not-at-top
   yield lpips
+  sys.path.remove(str(fid_weights.lpips_dir()))
   for name, module in saved.items():
     if module is None:
       sys.modules.pop(name, None)
@@ -120,7 +121,6 @@ def test_param_shapes_count_and_init():
 def test_weights_file_layout(real_params, lpips_package):
   """The trunk is torchvision's VGG16 (13 convs, features order: each kernel's OIHW shape equals the stand-in's
   vgg16().features conv at that index); the heads EQUAL the lpips wheel's weights/v0.1/vgg.pth exactly."""
-  del lpips_package
   from tests import torchvision_standin  # pylint: disable=g-import-not-at-top
   features = torchvision_standin.vgg16().features
   convs = [i for i, m in enumerate(features) if isinstance(m, torch.nn.Conv2d)]
@@ -129,7 +129,7 @@ def test_weights_file_layout(real_params, lpips_package):
     conv = features[vgg.VGG16_TORCHVISION_INDICES[layer]]
     assert real_params["vgg"][layer]["kernel"].transpose(3, 2, 0, 1).shape == tuple(conv.weight.shape)
     assert real_params["vgg"][layer]["bias"].shape == tuple(conv.bias.shape)
-  wheel = os.path.join(importlib.util.find_spec("lpips").submodule_search_locations[0], "weights", "v0.1", "vgg.pth")
+  wheel = os.path.join(os.path.dirname(lpips_package.__file__), "weights", "v0.1", "vgg.pth")
   heads = torch_reader.load_state_dict(wheel)
   assert sorted(heads) == [f"lin{level}.model.1.weight" for level in range(5)]
   for level, channels in enumerate(lpips_lib.CHANNELS):
