@@ -8,6 +8,8 @@
   python -m facegen_jax.convert efficientnet --checkpoint efficientnet-b5-b6417697.pth --out efficientnet-b5.npz
   python -m facegen_jax.convert ssupergan --model vae|intro_vae|plain_ssupervae|ssuper_dcgan --checkpoint FILE \
       --out DIR [--backbone efficientnet-bN] [--panel_size N]
+  python -m facegen_jax.convert tfill --checkpoint_dir checkpoints/celeba --out runs/tfill [--which_iter N] \
+      [--fixed_size 256] [--fine_size 512]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from facegen_jax.convert import satnet
 from facegen_jax.convert import spade
 from facegen_jax.convert import sphereface
 from facegen_jax.convert import ssupergan
+from facegen_jax.convert import tfill
 from facegen_jax.convert import ugatit
 from facegen_jax.convert import vgg16
 from facegen_jax.convert import vgg19
@@ -41,6 +44,7 @@ SUBCOMMANDS = {
   "sphereface": sphereface,
   "efficientnet": efficientnet,
   "ssupergan": ssupergan,
+  "tfill": tfill,
 }
 
 
