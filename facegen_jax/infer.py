@@ -52,11 +52,11 @@ def main(command: str, parser: argparse.ArgumentParser, run: Callable[[argparse.
   return errors.run_command(f"facegen_jax.{command}", lambda: run(args))
 
 
-def load_run(workdir: str, task: str | tuple[str, ...], *, step: int | None, best: bool):
-  """(config, family, inference state, step) of a run whose family serves `task` (or one of several)."""
+def load_run(workdir: str, task: str | tuple[str, ...] | None, *, step: int | None, best: bool):
+  """(config, family, inference state, step) of a run whose family serves `task` (or one of several; None: any)."""
   config = rundir.load_config(workdir)
   family = families.get_family(config.family)
-  tasks = (task,) if isinstance(task, str) else tuple(task)
+  tasks = families.TASKS if task is None else (task,) if isinstance(task, str) else tuple(task)
   if family.CONTRACT.task not in tasks:
     task = " or ".join(repr(t) for t in tasks)
     command = COMMANDS.get(family.CONTRACT.task)
@@ -124,25 +124,40 @@ def _batches(data: dict, count: int, batch_size: int):
     yield start, stop, {k: np.concatenate([v[start:stop]] + [v[stop - 1:stop]] * pad) for k, v in data.items()}
 
 
-def run(config, family, state, *, output: str, names: list[str], data: dict, out: str, seed: int = 0,
-        batch_size: int = 8, save_raw: bool = False) -> list[epath.Path]:
-  """Generates `output` for each of `names` (rows of the fields in `data`) and writes out/<name>.png.
+def generator(config, family, output: str) -> Callable:
+  """`family.generate`'s `output` jitted, (state, inputs, key) -> images. Keep it: each new one compiles again
+  (jax.jit caches the compiled program per input shape on the function object)."""
+  return compile_lib.jit(lambda state, batch, key: family.generate(config, state, batch, key)[output])
+
+
+def generate_batches(config, family, state, generate: Callable, data: dict, count: int, *, seed: int = 0,
+                     batch_size: int = 8):
+  """Yields (start, stop, images (stop - start, H, W, 3) in [-1, 1]) for the `count` rows of `data`.
 
   The generator's inputs come from `family.eval_inputs` on all rows at once with key(seed) (so DCGAN's z for
   `--num N --seed S` is N(0, 1) of that key); each batch's generator key is fold_in(key(seed), first row).
   """
   if batch_size <= 0:
     raise errors.UserError(f"--batch_size must be positive, got {batch_size}")
-  count = len(names)
   inputs = jax.device_get(family.eval_inputs(config, jax.random.key(seed), count, data))
   inputs = {k: np.asarray(v) for k, v in inputs.items()}
-  generate = compile_lib.jit(lambda state, batch, key: family.generate(config, state, batch, key)[output])
+  for start, stop, batch in _batches(inputs, count, batch_size):
+    key = jax.random.fold_in(jax.random.key(seed), start)
+    yield start, stop, np.asarray(jax.device_get(generate(state, batch, key)))[:stop - start]
+
+
+def run(config, family, state, *, output: str, names: list[str], data: dict, out: str, seed: int = 0,
+        batch_size: int = 8, save_raw: bool = False) -> list[epath.Path]:
+  """Generates `output` for each of `names` (rows of the fields in `data`) and writes out/<name>.png (inputs and
+  keys as `generate_batches`)."""
+  if batch_size <= 0:
+    raise errors.UserError(f"--batch_size must be positive, got {batch_size}")
+  generate = generator(config, family, output)
   out_dir = epath.Path(out)
   out_dir.mkdir(parents=True, exist_ok=True)
   written = []
-  for start, stop, batch in _batches(inputs, count, batch_size):
-    key = jax.random.fold_in(jax.random.key(seed), start)
-    images = np.asarray(jax.device_get(generate(state, batch, key)))[:stop - start]
+  for start, stop, images in generate_batches(config, family, state, generate, data, len(names), seed=seed,
+                                              batch_size=batch_size):
     for name, image in zip(names[start:stop], images):
       images_lib.save_png(images_lib.to_uint8(image), out_dir / f"{name}.png")
       written.append(out_dir / f"{name}.png")
