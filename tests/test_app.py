@@ -29,7 +29,7 @@ from tests.conftest import tiny_config
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-INSTALL_CHROMIUM = "apt-get install -y chromium (Debian's package; .ci/run does it)"
+INSTALL_CHROMIUM = "apt-get install -y chromium (Debian's package; sh tests/setup.sh does it)"
 # The served runs: family -> tab.
 RUNS = {"spade": "label", "ugatit": "translate", "munit": "translate", "tiny_inpainter": "inpaint",
         "ssupervae": "complete", "dcgan": "sample"}
