@@ -59,7 +59,7 @@ def main(_):
   compile_s = time.perf_counter() - start
   for _ in range(_WARMUP.value):
     state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+    jax.block_until_ready(metrics)
   times = []
   for _ in range(_STEPS.value):
     start = time.perf_counter()
