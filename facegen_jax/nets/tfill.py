@@ -525,7 +525,10 @@ class AttnAware(nn.Module):
       weight = Conv1x1(2, name="weight")(scores.transpose(0, 2, 1).reshape(b, h, w, 2 * heads))
       weight = jax.nn.softmax(weight, -1)
       visible = jax.nn.softmax(jnp.where(dots > 0, dots * m, dots / (m + 1e-8)), -1)
-      invisible = jax.nn.softmax(jnp.where(dots > 0, dots * (1 - m), dots / ((1 - m) + 1e-8)), -1)
+      # The barrier keeps XLA from folding (1 - m) + 1e-8 into (1 + 1e-8) - m = 1 - m in float32: 0 at visible keys,
+      # -inf scores and NaN gradients under jit (eager and torch add in order).
+      hidden = lax.optimization_barrier(1 - m)
+      invisible = jax.nn.softmax(jnp.where(dots > 0, dots * hidden, dots / (hidden + 1e-8)), -1)
       context = jnp.einsum("bhij,bjhd->bihd", visible, pre.reshape(b, h * w, heads, d)).reshape(b, h, w, c)
       own = jnp.einsum("bhij,bjhd->bihd", invisible, v).reshape(b, h, w, c)
       out = weight[..., :1] * context + weight[..., 1:] * own
