@@ -147,9 +147,11 @@ def generate_batches(config, family, state, generate: Callable, data: dict, coun
 
 
 def run(config, family, state, *, output: str, names: list[str], data: dict, out: str, seed: int = 0,
-        batch_size: int = 8, save_raw: bool = False) -> list[epath.Path]:
+        batch_size: int = 8, save_raw: bool = False,
+        finish: Callable[[int, np.ndarray], np.ndarray] | None = None) -> list[epath.Path]:
   """Generates `output` for each of `names` (rows of the fields in `data`) and writes out/<name>.png (inputs and
-  keys as `generate_batches`)."""
+  keys as `generate_batches`); `finish(row, image)`, if given, makes each generated image the one written
+  (inpaint's composite at the input's own size)."""
   if batch_size <= 0:
     raise errors.UserError(f"--batch_size must be positive, got {batch_size}")
   generate = generator(config, family, output)
@@ -158,7 +160,9 @@ def run(config, family, state, *, output: str, names: list[str], data: dict, out
   written = []
   for start, stop, images in generate_batches(config, family, state, generate, data, len(names), seed=seed,
                                               batch_size=batch_size):
-    for name, image in zip(names[start:stop], images):
+    for row, (name, image) in enumerate(zip(names[start:stop], images), start):
+      if finish is not None:
+        image = finish(row, image)
       images_lib.save_png(images_lib.to_uint8(image), out_dir / f"{name}.png")
       written.append(out_dir / f"{name}.png")
       if save_raw:

@@ -80,6 +80,8 @@ from facegen_jax.families import munit  # pylint: disable=g-import-not-at-top,wr
 from facegen_jax.families import spade  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import ssuper_dcgan  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import ssupervae  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import tfill  # pylint: disable=g-import-not-at-top,wrong-import-position
+from facegen_jax.families import tfill_refine  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import ugatit  # pylint: disable=g-import-not-at-top,wrong-import-position
 from facegen_jax.families import vae  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -90,6 +92,8 @@ FAMILIES: dict[str, types.ModuleType] = {
     "spade": spade,
     "ssuper_dcgan": ssuper_dcgan,
     "ssupervae": ssupervae,  # PlainSSuperVAE (configs/ssupervae.py:lstm its LSTM encoder)
+    "tfill": tfill,  # TFill's coarse stage (configs/tfill.py)
+    "tfill_refine": tfill_refine,  # TFill's 512 px refinement on a frozen coarse stage (configs/tfill.py:refine)
     "ugatit": ugatit,
     "vae": vae,
 }
