@@ -270,6 +270,7 @@ def _short_run_config():
   return config
 
 
+@pytest.mark.slow  # 56 s at load 6 on 2 cores
 def test_hole_l1_falls_in_a_short_run():
   config = _short_run_config()
   state = _jit(functools.partial(families.init_state, config))(jax.random.key(0))
