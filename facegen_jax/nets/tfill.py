@@ -140,6 +140,13 @@ def _ones_count(n: int, k: int, s: int, pad: int) -> np.ndarray:
   return ((taps >= 0) & (taps < n)).sum(1)
 
 
+def _window_sum(mask: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
+  """lax.reduce_window(mask, 0, add, (1, kh, kw, 1), stride, padding) of a constant (B, H, W, 1) mask, in numpy."""
+  padded = np.pad(mask.astype(np.float64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+  return windows.sum(axis=(-2, -1)).astype(np.float32)
+
+
 def partial_conv(x, kernel, bias=None, mask=None, *, stride: int = 1, padding: int = 0, impl: str = "auto"):
   """PartialConv2d(x, mask) -> (y, n / (kh*kw)) for NHWC x, HWIO kernel, mask (B or 1, H, W, 1) or None.
 
@@ -151,14 +158,21 @@ def partial_conv(x, kernel, bias=None, mask=None, *, stride: int = 1, padding: i
   if mask is None:
     rows = _ones_count(x.shape[1], kh, stride, padding)
     cols = _ones_count(x.shape[2], kw, stride, padding)
-    count = jnp.asarray(np.outer(rows, cols)[None, :, :, None].astype(np.float32))
+    count = np.outer(rows, cols)[None, :, :, None].astype(np.float32)
+  elif isinstance(mask, np.ndarray):
+    # A confidence that is a constant of the shapes (the border renormalisation of a mask-less call, which the
+    # next layer of the block gets as its mask): counted here in numpy, as XLA would otherwise fold the window
+    # sums of these constants while compiling, for minutes at TFill's sizes.
+    count = _window_sum(mask, kh, kw, stride, padding)
+    x = x * mask.astype(x.dtype)
   else:
     mask = lax.stop_gradient(mask)
     count = lax.reduce_window(mask, 0.0, lax.add, (1, kh, kw, 1), (1, stride, stride, 1),
                               ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     x = x * mask.astype(x.dtype)
-  clipped = jnp.clip(count, 0, 1)
-  ratio = (window / (count + 1e-8) * clipped).astype(x.dtype)
+  xp = np if isinstance(count, np.ndarray) else jnp  # constants stay numpy (see above)
+  clipped = xp.clip(count, 0, 1)
+  ratio = (window / (count + xp.float32(1e-8)) * clipped).astype(x.dtype)
   y = conv_lib.conv(x, kernel, stride, ((padding, padding), (padding, padding)), impl=impl)
   if bias is None:
     return y * ratio, count / window
