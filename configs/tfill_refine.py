@@ -3,7 +3,7 @@
   python -m facegen_jax.main --config configs/tfill_refine.py --workdir runs/tfill_ref \\
       --config.init_from.workdir=runs/tfill     # = configs/tfill.py:refine
 Presets: "" (refine), personal (fine-tunes a refine run's groups on one person's photos), cpu, tiny (tests: the
-frozen coarse stage is random-initialised, no init_from).
+frozen coarse stage is random-initialised, no init_from, no LPIPS term).
 """
 
 import ml_collections
@@ -23,4 +23,5 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     tfill.personal(config)
   elif preset == "tiny":
     config.init_from.required = False
+    config.loss_weights.lpips = 0.0  # the LPIPS term is the coarse stage's code, covered by configs/tfill.py:tiny
   return config
