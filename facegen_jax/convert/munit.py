@@ -37,9 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from facegen_jax import compile as compile_lib
-from facegen_jax import families
-from facegen_jax import rundir
 from facegen_jax.convert import torch_map
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import UserError
@@ -142,20 +139,12 @@ def _spectral(variables: dict) -> dict:
 def write_run_directory(out, converted: Converted, *, variant: str, resolution=None):
   """Writes the run directory `out` (config.json + a step-0 checkpoint); returns its config."""
   config = build_config(converted.model, variant=variant, resolution=resolution)
-  keep = () if converted.discriminators else ("d",)  # Without --dis: a fresh D.
-
-  def fresh(key):  # Optimizer states (and a fresh D); the rest of the init is dropped by XLA.
-    state = families.init_state(config, key)
-    return state.replace(params={g: state.params[g] for g in keep},
-                         collections={g: state.collections[g] for g in keep})
-  state = compile_lib.jit(fresh, run_once=True)(jax.random.key(config.seed))
-  params = {**state.params, "g": {d: converted.generators[d]["params"] for d in DOMAINS}}
-  collections = {**state.collections, "g": _spectral(converted.generators)}
-  if converted.discriminators:
+  params = {"g": {d: converted.generators[d]["params"] for d in DOMAINS}}
+  collections = {"g": _spectral(converted.generators)}
+  if converted.discriminators:  # Without --dis: the family's fresh D.
     params["d"] = {d: converted.discriminators[d]["params"] for d in DOMAINS}
     collections["d"] = _spectral(converted.discriminators)
-  state = state.replace(params=params, collections=collections, ema={g: params[g] for g in state.ema})
-  rundir.save_state(out, config, state)
+  torch_map.save_run(out, config, params, collections)
   return config
 
 

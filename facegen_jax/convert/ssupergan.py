@@ -354,19 +354,8 @@ def train_state_parts(model: str, variables: dict[str, dict]) -> tuple[dict, dic
 
 def write_run_directory(out, converted: Converted):
   """DIR/config.json and a step-0 checkpoint of the family's train state (fresh optimizers); returns the config."""
-  from facegen_jax import compile as compile_lib  # pylint: disable=g-import-not-at-top
-  from facegen_jax import families  # pylint: disable=g-import-not-at-top
-  from facegen_jax import rundir  # pylint: disable=g-import-not-at-top
   config = build_config(converted.model, converted.settings)
-  params, collections = train_state_parts(converted.model, converted.variables)
-  params, collections = jax.tree.map(jnp.asarray, (params, collections))
-
-  def fresh(key):  # Optimizer states; the networks' own init is dropped by XLA, as its values are replaced.
-    state = families.init_state(config, key)
-    return state.replace(params={}, collections={})
-  state = compile_lib.jit(fresh, run_once=True)(jax.random.key(config.seed))
-  state = state.replace(params=params, collections=collections, ema={g: params[g] for g in state.ema})
-  rundir.save_state(out, config, state)
+  torch_map.save_run(out, config, *train_state_parts(converted.model, converted.variables))
   return config
 
 

@@ -270,21 +270,11 @@ def convert(checkpoint_dir, out, *, which_iter: int = 0, fixed_size: int | None 
 
 def write_run_directory(out, config, networks: dict[tuple[str, str | None], dict]) -> None:
   """DIR/config.json and a step-0 checkpoint: the family's fresh state with `networks` ({(group, name or None for
-  the whole group): params}) in place of its initial parameters."""
-  from facegen_jax import compile as compile_lib  # pylint: disable=g-import-not-at-top
-  from facegen_jax import families  # pylint: disable=g-import-not-at-top
-  from facegen_jax import rundir  # pylint: disable=g-import-not-at-top
-  state = compile_lib.jit(lambda key: families.init_state(config, key), run_once=True)(jax.random.key(config.seed))
-  params = jax.tree.map(lambda x: x, state.params)  # A copy to fill.
+  the whole group): params}) in place of its initial parameters (a group named in parts must get every part)."""
+  params = {}
   for (group, name), value in networks.items():
-    target = params[group] if name is None else params[group][name]
-    got, want = jax.tree.structure(value), jax.tree.structure(target)
-    if got != want or any(a.shape != b.shape for a, b in zip(jax.tree.leaves(value), jax.tree.leaves(target))):
-      raise AssertionError(f"{group}/{name}: the converted parameters do not fit the family's ({got} vs {want})")
-    value = jax.tree.map(lambda v, t: jnp.asarray(v, t.dtype), value, target)
     if name is None:
       params[group] = value
     else:
-      params[group] = {**params[group], name: value}
-  state = state.replace(params=params, ema={g: params[g] for g in state.ema})
-  rundir.save_state(out, config, state)
+      params.setdefault(group, {})[name] = value
+  torch_map.save_run(out, config, params)

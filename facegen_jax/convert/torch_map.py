@@ -34,6 +34,8 @@ import re
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 from flax import traverse_util
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from facegen_jax.convert import torch_reader
@@ -274,3 +276,39 @@ def read_state_dict(path, what: str) -> dict[str, np.ndarray]:
   if not state_dict:
     raise UserError(f"{path} holds an empty state_dict: pass the {what}")
   return state_dict
+
+
+def _check_fits(what: str, value, target) -> None:
+  got, want = jax.tree.structure(value), jax.tree.structure(target)
+  if target is None or got != want or any(
+      np.shape(a) != b.shape for a, b in zip(jax.tree.leaves(value), jax.tree.leaves(target))):
+    raise AssertionError(f"{what}: the converted variables do not fit the family's ({got} vs {want})")
+
+
+def save_run(out, config, params: dict, collections: dict | None = None) -> None:
+  """DIR/config.json and a step-0 checkpoint of the family's train state: its fresh optimizer states (and EMA)
+  with the converted `params` / `collections` groups in place of the initial ones, cast to their dtypes; the
+  groups not given (a network the checkpoint lacks, a frozen network the family loads itself) are the family's
+  init. Given groups must fit the init's structure and shapes. They are not returned from the jitted init, so
+  XLA drops their sampling."""
+  # Imported here: the families and the loop are not needed to read or map state_dicts.
+  from facegen_jax import compile as compile_lib  # pylint: disable=g-import-not-at-top
+  from facegen_jax import families  # pylint: disable=g-import-not-at-top
+  from facegen_jax import rundir  # pylint: disable=g-import-not-at-top
+  given = {"params": params, "collections": collections or {}}
+  dtypes = {}
+
+  def fresh(key):
+    state = families.init_state(config, key)
+    full = {"params": state.params, "collections": state.collections}
+    for kind, groups in given.items():
+      for group, value in groups.items():
+        _check_fits(f"{kind} {group}", value, full[kind].get(group))
+        dtypes[kind, group] = jax.tree.map(lambda t: t.dtype, full[kind][group])
+    return state.replace(**{kind: {g: v for g, v in full[kind].items() if g not in given[kind]} for kind in given})
+  state = compile_lib.jit(fresh, run_once=True)(jax.random.key(config.seed))
+  cast = {kind: {g: jax.tree.map(jnp.asarray, v, dtypes[kind, g]) for g, v in groups.items()}
+          for kind, groups in given.items()}
+  params, collections = {**state.params, **cast["params"]}, {**state.collections, **cast["collections"]}
+  state = state.replace(params=params, collections=collections, ema={g: params[g] for g in state.ema})
+  rundir.save_state(out, config, state)

@@ -30,9 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from facegen_jax import compile as compile_lib
-from facegen_jax import families
-from facegen_jax import rundir
 from facegen_jax.convert import torch_map
 from facegen_jax.convert import torch_reader
 from facegen_jax.errors import UserError
@@ -225,10 +222,5 @@ def convert(checkpoint, out, *, img_size: int = 256):
   params, collections = train_state_parts(convert_networks(networks, model, checkpoint))
   config = build_config(model)
 
-  def fresh(key):  # Optimizer states; the networks' own init is dropped by XLA, as its values are replaced.
-    state = families.init_state(config, key)
-    return state.replace(params={}, collections={})
-  state = compile_lib.jit(fresh, run_once=True)(jax.random.key(config.seed))
-  state = state.replace(params=params, collections=collections, ema={g: params[g] for g in state.ema})
-  rundir.save_state(out, config, state)
+  torch_map.save_run(out, config, params, collections)
   return config
