@@ -12,7 +12,6 @@ import os
 import pickle
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image

@@ -14,7 +14,6 @@ reconstructs faces from mu ("reconstruction", the original's reconstruct; the ra
 
 import ml_collections
 import jax
-import jax.numpy as jnp
 
 from facegen_jax import families
 from facegen_jax import optim
