@@ -246,8 +246,9 @@ def run_workdir(workdir: str, *, step: int | None = None, best: bool = False, st
   stats_dir = stats_dir or settings.stats_dir or os.path.join(workdir, evaluator_lib.STATS_DIR)
   evaluator = evaluator_lib.Evaluator(config, mesh, stats_dir=stats_dir, option=option)
   result = {key.removeprefix("eval/"): value for key, value in evaluator(state).items()}
-  result.update(step=step, real_count=evaluator_lib.num_real(settings), fake_count=settings.num_samples,
-                kid_subsets=settings.kid_subsets, outputs=evaluator.metric_names)
+  fake_count, real_count = evaluator.counts  # A held-out part caps them at its size.
+  result.update(step=step, real_count=real_count, fake_count=fake_count, kid_subsets=settings.kid_subsets,
+                outputs=evaluator.metric_names)
   if settings.kid:
     result["kid_subset_size"] = settings.kid_subset_size or fid.default_kid_subset_size(
         result["real_count"], result["fake_count"])

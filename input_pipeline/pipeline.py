@@ -80,6 +80,11 @@ def _add_source_settings(config: ml_collections.ConfigDict, *, synthetic_domain,
   # integer, else its index in the sorted names. Batch "group" int32.
   config.folder.groups = False
   config.folder.extensions = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+  # Hold out part of image_dir for evaluation (one person's photos): a fraction in (0, 1) (each file by a hash of
+  # its relative path, so adding photos moves no other file) or a whole count (the files of lowest hash); training
+  # reads the rest, the evaluator (FID, hole metrics) only that part. 0: no split (eval.image_dir, if set, is the
+  # held-out folder instead; setting both is an error).
+  config.folder.heldout = 0.0
 
   config.tfds = ml_collections.ConfigDict()
   config.tfds.name = "celeb_a"         # Any TFDS name prepared as array_record, or a local builder.
@@ -431,6 +436,7 @@ def _validate_source(c, s, flag: str, index: int) -> None:
       raise ConfigError(f"{flag}.folder.image_dir is not set: set --config.{flag}.folder.image_dir to a "
                         "folder of images")
     _label_mapping(s.folder.label_mapping, f"{flag}.folder.label_mapping")
+    sources.check_heldout(s.folder.get("heldout", 0), f"{flag}.folder")
   elif s.source == "tfds":
     if not s.tfds.name:
       raise ConfigError(f"{flag}.tfds.name is not set: set --config.{flag}.tfds.name to a TFDS dataset name")
@@ -461,7 +467,8 @@ def _build_plain_source(c, s, flag: str, index: int) -> grain.sources.RandomAcce
     return sources.FolderSource(
         f.image_dir, label_dir=f.label_dir, mask_dir=f.get("mask_dir"), groups=bool(f.get("groups", False)),
         extensions=tuple(f.extensions), num_classes=c.num_classes,
-        label_mapping=_label_mapping(f.label_mapping, f"{flag}.folder.label_mapping"), flag=f"{flag}.folder")
+        label_mapping=_label_mapping(f.label_mapping, f"{flag}.folder.label_mapping"), flag=f"{flag}.folder",
+        heldout=f.get("heldout", 0), part=f.get("part", "train"))  # part: set by the evaluator's reference config
   t = s.tfds
   data_source = sources.open_tfds(t.name, split=t.split, data_dir=t.data_dir, flag=f"{flag}.tfds")
   return sources.TfdsSource(
@@ -839,6 +846,7 @@ def _where(settings, index: int, source) -> str:
     f = s.folder
     return (f"folder '{f.image_dir}'" + (f" + labels '{f.label_dir}'" if f.label_dir else "")
             + (f" + masks '{f.get('mask_dir')}'" if f.get("mask_dir") else "")
+            + (f" ({f.get('part', 'train')} part of heldout={f.heldout})" if f.get("heldout") else "")
             + (f" in {source.num_groups} group folders" if getattr(source, "num_groups", 0) else ""))
   t = s.tfds
   return f"tfds {t.name}[{t.split}]" + (f" in '{t.data_dir}'" if t.data_dir else "")

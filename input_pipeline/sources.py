@@ -8,6 +8,7 @@ file: `record_groups()` (what `config.input.groups` samples by).
 """
 
 from collections.abc import Mapping, Sequence
+import hashlib
 import os
 import re
 import threading
@@ -75,6 +76,42 @@ def _list_files(root: str, extensions: Sequence[str]) -> dict[str, str]:
   return files
 
 
+PARTS = ("train", "heldout")
+
+
+def check_heldout(heldout, flag: str = "input.folder") -> float:
+  """`heldout` as a number: 0 (no split), a fraction in (0, 1), or a whole count >= 1; ConfigError otherwise."""
+  if isinstance(heldout, bool) or not isinstance(heldout, (int, float)) or heldout < 0 or (
+      heldout >= 1 and heldout != int(heldout)):
+    raise ConfigError(f"{flag}.heldout {heldout!r} must be 0 (no split), a fraction in (0, 1) or a whole number of "
+                      f"files >= 1: fix --config.{flag}.heldout")
+  return heldout
+
+
+def _path_hash(key: str) -> float:
+  """A file's place in [0, 1) from its relative path alone ('/'-separated, so every OS splits alike)."""
+  digest = hashlib.sha256(key.replace(os.sep, "/").encode()).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def heldout_split(keys: Sequence[str], heldout: float) -> dict[str, list[str]]:
+  """{"train": keys, "heldout": keys} of a folder's files (relative paths without extension), each sorted.
+
+  A fraction in (0, 1) holds out the files whose path hash falls below it: a file's side depends on its own path
+  only, so adding photos moves none of the others (the held-out count is about heldout * len(keys)). A whole number
+  n >= 1 holds out the n files of lowest hash: exactly n, and adding a photo moves at most one held-out file into
+  training (when the new one takes its place).
+  """
+  heldout = check_heldout(heldout)
+  if not heldout:
+    return {"train": sorted(keys), "heldout": []}
+  if heldout < 1:
+    held = {k for k in keys if _path_hash(k) < heldout}
+  else:
+    held = set(sorted(keys, key=lambda k: (_path_hash(k), k))[:int(heldout)])
+  return {"train": sorted(k for k in keys if k not in held), "heldout": sorted(held)}
+
+
 def _group_ids(image_dir: str, keys: Sequence[str], images: Mapping[str, str], flag: str) -> dict[str, int]:
   """{subfolder: group id}: the subfolder's name if every name is an integer, else its index in sorted order."""
   outside = [k for k in keys if os.sep not in k]
@@ -108,6 +145,8 @@ class FolderSource(grain.sources.RandomAccessDataSource):
   `image_dir/a/0001.jpg` pairs with `label_dir/a/0001.png`, as in SPADE's `--dataset_mode custom`. With
   `groups`, the first-level subfolders of `image_dir` are group labels (Face2webtoon's `trainA/0/*.jpg`).
   `flag` is where the settings live in the config ("input.folder", "input.b.folder"), for error messages.
+  With `heldout` (see `heldout_split`) the source reads only its `part` of the folder: "train" (training) or
+  "heldout" (the evaluator's reference photos).
   """
 
   LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -115,7 +154,8 @@ class FolderSource(grain.sources.RandomAccessDataSource):
 
   def __init__(self, image_dir: str, *, label_dir: str | None = None, mask_dir: str | None = None,
                groups: bool = False, extensions: Sequence[str], num_classes: int,
-               label_mapping: Mapping[int, int] | None = None, flag: str = "input.folder"):
+               label_mapping: Mapping[int, int] | None = None, flag: str = "input.folder", heldout: float = 0,
+               part: str = "train"):
     for field, path in (("image_dir", image_dir), ("label_dir", label_dir), ("mask_dir", mask_dir)):
       if path is not None and not os.path.isdir(path):
         raise DataError(f"{flag}.{field} '{path}' does not exist or is not a folder: "
@@ -125,23 +165,37 @@ class FolderSource(grain.sources.RandomAccessDataSource):
       raise DataError(f"{flag}.image_dir '{image_dir}' holds no images with extensions "
                       f"{tuple(extensions)}: point --config.{flag}.image_dir at your images or set "
                       f"--config.{flag}.extensions")
-    self._keys = sorted(images)
+    if part not in PARTS:
+      raise ValueError(f"part {part!r} is not one of {PARTS}")
+    ids = _group_ids(image_dir, sorted(images), images, flag) if groups else None  # Of the whole folder.
+    self._keys = self._part(images, heldout, part, flag, image_dir)
     self._images = [images[k] for k in self._keys]
-    self._groups = None
-    if groups:
-      ids = _group_ids(image_dir, self._keys, images, flag)
-      self._groups = [ids[k.split(os.sep, 1)[0]] for k in self._keys]
+    self._groups = None if ids is None else [ids[k.split(os.sep, 1)[0]] for k in self._keys]
     self._labels = self._pair(label_dir, self.LABEL_EXTENSIONS, images, "label", f"{flag}.label_dir")
     self._masks = self._pair(mask_dir, self.MASK_EXTENSIONS, images, "mask", f"{flag}.mask_dir")
     self._num_classes = num_classes
     self._label_mapping = dict(label_mapping) if label_mapping else None
     self._flag = flag
     self.image_dir = image_dir
+    self.heldout, self.part = heldout, part
     self.has_labels = label_dir is not None
     self.has_masks = mask_dir is not None
     self.num_groups = len(set(self._groups)) if self._groups is not None else 0
     # Distinct records this instance could not read; if that is all of them, the pipeline would spin.
     self._unreadable = set()
+
+  @staticmethod
+  def _part(images: Mapping[str, str], heldout: float, part: str, flag: str, image_dir: str) -> list[str]:
+    """The sorted keys of `part`; ConfigError when the split leaves either part empty."""
+    split = heldout_split(list(images), heldout)
+    if heldout and not (split["train"] and split["heldout"]):
+      empty = "held-out" if not split["heldout"] else "training"
+      raise ConfigError(
+          f"{flag}.heldout={heldout} splits the {len(images)} images of '{image_dir}' into "
+          f"{len(split['train'])} for training and {len(split['heldout'])} held out, leaving no {empty} image: "
+          f"{'raise' if empty == 'held-out' else 'lower'} --config.{flag}.heldout (a fraction in (0, 1) or a count), "
+          "or add images")
+    return split[part]
 
   def _pair(self, folder: str | None, extensions: Sequence[str], images: Mapping[str, str], what: str,
             flag: str) -> list[str] | None:
@@ -160,8 +214,14 @@ class FolderSource(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return len(self._images)
 
+  @property
+  def files(self) -> list[str]:
+    """The image files this source reads, in record order."""
+    return list(self._images)
+
   def __repr__(self) -> str:
     return (f"FolderSource({self.image_dir!r}, {len(self)} images, labels={self.has_labels}"
+            + (f", {self.part} part of heldout={self.heldout}" if self.heldout else "")
             + (f", masks={self.has_masks}" if self.has_masks else "")
             + (f", groups={self.num_groups}" if self._groups is not None else "") + ")")
 

@@ -178,9 +178,12 @@ def test_presets_validate_and_name_what_they_need():
   tfill_refine.validate(tfill_refine_configs.get_config("tiny"))
   personal = tfill_configs.get_config("personal")
   personal.init_from.workdir = "runs/tfill"
-  with pytest.raises(errors.ConfigError, match="--config.eval.image_dir"):
+  assert personal.input.folder.heldout == 0.1
+  tfill.validate(personal)  # held-out photos from the training folder
+  personal.input.folder.heldout = 0
+  with pytest.raises(errors.ConfigError, match="--config.input.folder.heldout .*--config.eval.image_dir"):
     tfill.validate(personal)
-  personal.eval.image_dir = "me/heldout"
+  personal.eval.image_dir = "me/heldout"  # or from a folder of their own
   tfill.validate(personal)
   with pytest.raises(errors.ConfigError, match="--config.input.folder.image_dir"):
     pipeline.validate(personal.input)

@@ -142,9 +142,10 @@ def _validate_init_from(config) -> None:
   if config.init_from.get("required") and not config.init_from.workdir:
     raise errors.ConfigError(f"this {config.family} preset starts from another run: set "
                              "--config.init_from.workdir to a run directory (or `convert tfill`'s output)")
-  if config.get("heldout_required") and not config.eval.image_dir:
+  if config.get("heldout_required") and not (config.eval.image_dir or config.input.folder.get("heldout")):
     raise errors.ConfigError("the personal preset picks its best checkpoint on held-out photos: set "
-                             "--config.eval.image_dir to a folder of them (not in --config.input.folder.image_dir)")
+                             "--config.input.folder.heldout to hold out part of the folder (a fraction, e.g. 0.1, or "
+                             "a count), or --config.eval.image_dir to a folder of other photos of the person")
 
 
 # --- resizing ---

@@ -7,8 +7,9 @@ same checkpoint gives the same numbers in both.
   eval/fid, eval/kid_mean, eval/kid_std; with several, eval/fid_<output>, ... (e.g. eval/fid_a2b against domain
   B's real images).
 * Reference images: the first `num_real` records of the reference field's domain in source order (`eval.split`
-  for TFDS, `eval.image_dir` for folders select other data than training's), resized and centre-cropped as in
-  training, never flipped. Their statistics are cached in `stats_dir` under a name made of (dataset, split,
+  for TFDS, `eval.image_dir` for folders select other data than training's; with `input.folder.heldout` the
+  held-out part of training's folder, and num_samples / num_real at most its size), resized and centre-cropped as
+  in training, never flipped. Their statistics are cached in `stats_dir` under a name made of (dataset, split,
   resolution, count, Inception weights) and reused by later evaluations, restarts and other runs sharing it.
 * Generated images: `num_samples` per output, in batches of `batch_size`; batch b is `family.generate` (eval
   mode, with the EMA parameters where the state keeps them) on `family.eval_inputs(config, key_b, size, data)`
@@ -96,8 +97,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
   e = eval_config(config)
   if not isinstance(e.every_steps, int) or e.every_steps < 0:
     raise errors.ConfigError(f"config.eval.every_steps must be >= 0 (0 turns evaluation off), got {e.every_steps!r}")
+  check_heldout(config)
   if e.every_steps:
     check_settings(e, config_option, off_hint=", or set --config.eval.every_steps=0 to train without FID")
+
+
+def heldout_domains(config: ml_collections.ConfigDict) -> list[str]:
+  """The domains ("" for a one-domain config) whose folder holds out part of its images for evaluation."""
+  return [d for d in (config.input.get("domains") or ("",))
+          if (s := pipeline.domain_input_config(config.input, d)).source == "folder" and s.folder.get("heldout")]
+
+
+def check_heldout(config: ml_collections.ConfigDict) -> None:
+  """ConfigError when a folder's held-out part and eval.image_dir both name the reference photos."""
+  e = eval_config(config)
+  if e.image_dir and heldout_domains(config):
+    raise errors.ConfigError(
+        f"input.folder.heldout holds out part of the training folder for evaluation and eval.image_dir "
+        f"'{e.image_dir}' names another folder of held-out photos: use one, --config.input.folder.heldout=0 to "
+        "evaluate on eval.image_dir, or unset --config.eval.image_dir to hold out part of the folder")
 
 
 def check_settings(e: ml_collections.ConfigDict, option: Callable[[str], str] = config_option,
@@ -131,6 +149,7 @@ def reference_input_config(config: ml_collections.ConfigDict, domain: str = "") 
   """A domain's one-domain input config for the reference data: eval's split or folders, source order, centre
   crop, no flip."""
   e = eval_config(config)
+  check_heldout(config)
   c = ml_collections.ConfigDict(pipeline.domain_input_config(config.input, domain).to_dict())
   c.shuffle, c.random_crop, c.random_flip = False, False, False
   if e.split:
@@ -138,6 +157,8 @@ def reference_input_config(config: ml_collections.ConfigDict, domain: str = "") 
   if e.image_dir:
     c.folder.image_dir = e.image_dir
     c.folder.label_dir = e.label_dir
+  if c.source == "folder" and c.folder.get("heldout"):
+    c.folder.part = "heldout"
   return c
 
 
@@ -156,6 +177,8 @@ def stats_file_name(input_config: ml_collections.ConfigDict, count: int, weights
       dataset += f"-groups{s.group_counts}"
   elif c.source == "folder":
     where = f"{os.path.abspath(c.folder.image_dir)}|{c.folder.label_dir}"
+    if c.folder.get("heldout"):  # The held-out part (or what training reads) is other data than the whole folder.
+      where += f"|heldout={c.folder.heldout}|{c.folder.get('part', 'train')}"
     dataset = (f"folder-{os.path.basename(os.path.normpath(c.folder.image_dir))}-"
                f"{hashlib.sha256(where.encode()).hexdigest()[:10]}")
   else:
@@ -230,6 +253,7 @@ class Evaluator:
     domains = set(self._input_domain.values()) | {d for d, _ in self._reference.values()}
     self._inputs = {d: reference_input_config(config, d) for d in sorted(domains)}
     self._sources = {d: pipeline.create_source(c) for d, c in self._inputs.items()}
+    self._cap_to_heldout(e, heldout_domains(config))
     for name, out in self._outputs.items():
       self._check_size(self._reference[name][0], self._num_real, "real images", option)
       if out.inputs:
@@ -244,6 +268,21 @@ class Evaluator:
     self._generate = jax.jit(self._generate_uint8, static_argnums=(2, 3),
                              out_shardings=(self._data_sharding, NamedSharding(mesh, P())))
     self._real: dict[str, fid.Statistics] = {}
+
+  def _cap_to_heldout(self, e: ml_collections.ConfigDict, domains: list[str]) -> None:
+    """A held-out part's size is known only once its folder is listed: num_samples and num_real at most that."""
+    for domain in (d for d in domains if d in self._sources):
+      have = len(self._sources[domain])
+      if e.num_samples > have or self._num_real > have:
+        logging.info("eval: the held-out part of %s has %d images: num_samples %d -> %d, num_real %d -> %d",
+                     self._inputs[domain].folder.image_dir, have, e.num_samples, min(e.num_samples, have),
+                     self._num_real, min(self._num_real, have))
+        e.num_samples, self._num_real = min(e.num_samples, have), min(self._num_real, have)
+
+  @property
+  def counts(self) -> tuple[int, int]:
+    """(generated images per output, reference images): the config's, capped by a held-out part's size."""
+    return self._eval.num_samples, self._num_real
 
   def _check_size(self, domain: str, needed: int, what: str, option) -> None:
     have = len(self._sources[domain])
