@@ -20,6 +20,8 @@ its `clear_mode`), on the 17 points after alignment, as SATNet reads them from i
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -34,7 +36,7 @@ OFFSET = 2
 SCALE = 2
 ALIGNED_SIZE = ((SPHEREFACE_SIZE[0] + 2 * OFFSET) * SCALE, (SPHEREFACE_SIZE[1] + 2 * OFFSET) * SCALE)  # (200, 232)
 FRONTAL_RATE = 0.10  # is_corrected_landmark's corrected_rate
-DLIB_INSTALL = "pip install dlib-bin face-recognition-models"
+DLIB_INSTALL = "pip install -r requirements-align.txt"  # dlib-bin and face-recognition-models
 
 
 def reference_points(offset: float = OFFSET, scale: float = SCALE) -> np.ndarray:
@@ -208,6 +210,18 @@ def is_frontal(aligned_landmarks17, *, offset: float = OFFSET, scale: float = SC
   return True
 
 
+def dlib_predictor_file() -> str:
+  """The path of the 68-point model in the `face-recognition-models` wheel, found without importing the package
+  (its __init__ imports pkg_resources, which recent setuptools no longer ship)."""
+  spec = importlib.util.find_spec("face_recognition_models")
+  path = spec and spec.submodule_search_locations and os.path.join(
+      list(spec.submodule_search_locations)[0], "models", "shape_predictor_68_face_landmarks.dat")
+  if not path or not os.path.isfile(path):
+    raise UserError(f"landmark detection needs dlib's 68-point model (face-recognition-models is not installed): "
+                    f"`{DLIB_INSTALL}`, or pass the landmarks yourself")
+  return path
+
+
 def detect_landmarks(image) -> np.ndarray:
   """dlib's 68 landmarks (68, 2) of the first face dlib's frontal detector finds (upsampled once, as SATNet's
   demo runs it) in an (H, W, 3) uint8 RGB image; a DataError if it finds none.
@@ -216,14 +230,14 @@ def detect_landmarks(image) -> np.ndarray:
   """
   try:
     import dlib  # pylint: disable=g-import-not-at-top
-    import face_recognition_models  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise UserError(f"landmark detection needs dlib and its 68-point model ({e.name or e} is missing): "
-                    f"`{DLIB_INSTALL}`, or pass the landmarks yourself") from None
+    raise UserError(f"landmark detection needs dlib ({e.name or e} is missing): `{DLIB_INSTALL}`, or pass the "
+                    "landmarks yourself") from None
+  predictor_file = dlib_predictor_file()
   image = np.ascontiguousarray(image)
   faces = dlib.get_frontal_face_detector()(image, 1)
   if len(faces) == 0:
     raise DataError("no face found in the image (dlib's frontal face detector)")
-  predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+  predictor = dlib.shape_predictor(predictor_file)
   shape = predictor(image, faces[0])
   return np.array([[p.x, p.y] for p in shape.parts()], np.float64)

@@ -169,15 +169,17 @@ def _translate_tab(gr, models):
     if direction not in model.family.CONTRACT.eval_outputs:
       raise errors.UserError(f"{model.name} translates {', '.join(model.family.CONTRACT.eval_outputs)}")
     image, notes = serving.read_upload(photo_path, "the photo")
-    fitted, crop = serving.fit(image, model.size)
-    notes += crop
+    output = model.family.CONTRACT.eval_outputs[direction]
+    [field] = [f for f in output.inputs if f.endswith("image")]
+    fitted, aligned, _ = serving.prepare_face(model, field, image)
+    notes += aligned
     style_image = None
     random_styles = serving.has_random_styles(model, direction)
     if style_path:
       if not random_styles:
         raise errors.UserError(f"{model.name} has one style per domain: leave out the reference style")
       raw, style_notes = serving.read_upload(style_path, "the reference style")
-      style_image, style_crop = serving.fit(raw, model.size, "the reference style")
+      style_image, style_crop, _ = serving.prepare_face(model, output.reference, raw, "the reference style")
       notes += style_notes + style_crop + ["style: the reference image's"]
     elif random_styles:
       notes.append(f"style: random, seed {int(seed or 0)}")
@@ -250,11 +252,12 @@ def _inpaint_tab(gr, models):
     model = by_name[name]
     photo, notes = _shrink(_background(value, "a photo"))
     fitted, _ = serving.fit(photo, model.size)
-    square = serving.to_uint8(fitted)
-    _, hole = serving.medical_mask(square, kind, int(seed or 0))
+    landmarks, where = serving.face_landmarks(photo)  # found at the photo's own size, moved as fit moved it
+    landmarks = None if landmarks is None else serving.fit_points(landmarks, photo.shape, model.size)
+    _, hole = serving.medical_mask(serving.to_uint8(fitted), kind, int(seed or 0), landmarks=landmarks)
     hole = hole.astype(np.float32)[..., None]
-    return fill(model, photo, hole, notes + [f"{kind} mask placed on the average face position: hole "
-                                             f"{hole.mean():.0%} of the image"], seed)
+    return fill(model, photo, hole, notes + [f"{kind} mask placed on {where}: hole {hole.mean():.0%} of the "
+                                             "image"], seed)
 
   load.click(_guard(lambda: (serving.example_face(0), ""), 2), [], [editor, status], show_progress_on=editor)
   run.click(_guard(inpaint, 2), [model, editor, seed], [result, status], show_progress_on=result)

@@ -19,12 +19,14 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from facegen_jax import align
 from facegen_jax import errors
 from facegen_jax import images as images_lib
 from facegen_jax import infer
 from facegen_jax import masks as masks_lib
 from facegen_jax.families import spade
 from input_pipeline import panels as panels_lib
+from input_pipeline import pipeline
 from input_pipeline import synthetic
 
 MAX_SIDE = 2048  # uploads larger than this on a side are shrunk first (a phone photo is ~4000 px)
@@ -137,20 +139,96 @@ def read_upload(path: str | None, what: str) -> tuple[np.ndarray, list[str]]:
   return np.asarray(image), notes
 
 
+def _centre_box(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+  """(left, top, crop width, crop height): the largest centred box of `size`'s aspect in a height x width image."""
+  target = size[1] / size[0]
+  if abs(width / height - target) <= 0.01:
+    return 0, 0, width, height
+  crop_w, crop_h = (round(height * target), height) if width / height > target else (width, round(width / target))
+  return (width - crop_w) // 2, (height - crop_h) // 2, crop_w, crop_h
+
+
 def fit(image: np.ndarray, size: tuple[int, int], what: str = "the photo") -> tuple[np.ndarray, list[str]]:
   """uint8 (H, W, 3) centre-cropped to `size`'s aspect and resized (bicubic) to it, as (H, W, 3) in [-1, 1]. No
   landmark alignment: the crop is said in the notes when it cut anything off."""
   height, width = image.shape[:2]
-  target = size[1] / size[0]
+  left, top, crop_w, crop_h = _centre_box(height, width, size)
   notes = []
-  if abs(width / height - target) > 0.01:
-    crop_w, crop_h = (round(height * target), height) if width / height > target else (width, round(width / target))
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+  if (crop_w, crop_h) != (width, height):
     image = image[top:top + crop_h, left:left + crop_w]
-    notes.append(f"{what} centre-cropped to {crop_w}x{crop_h} (not aligned by landmarks: align faces first for "
-                 "the best results)")
+    notes.append(f"{what} centre-cropped to {crop_w}x{crop_h}")
   resized = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC), np.float32)
   return resized / 127.5 - 1.0, notes
+
+
+def fit_points(points: np.ndarray, shape: tuple[int, ...], size: tuple[int, int]) -> np.ndarray:
+  """(N, 2) x, y points of an image of `shape` moved as `fit` moves its pixels (pixel centres at integers)."""
+  left, top, crop_w, crop_h = _centre_box(shape[0], shape[1], size)
+  scale = np.array([size[1] / crop_w, size[0] / crop_h])
+  return (np.asarray(points, np.float64) - np.array([left, top]) + 0.5) * scale - 0.5
+
+
+def _source_domain(model: Model, field: str):
+  """(the domain's input config, its synthetic domain name) of a batch field such as "a/image"."""
+  inputs = model.config.input
+  key = field.split("/", 1)[0] if "/" in field else None
+  if key is None or key not in inputs:
+    return inputs, inputs.get("synthetic", {}).get("domain") or "photo"
+  position = list(inputs.domains).index(key) if key in inputs.get("domains", ()) else 0
+  return inputs[key], inputs[key].synthetic.get("domain") or ("photo", "toon")[min(position, 1)]
+
+
+def face_template(model: Model, field: str) -> tuple[np.ndarray, str]:
+  """(five points (5, 2) x, y in the model's input frame, what they are) where the model's training faces have
+  their eye centres, nose tip and mouth corners: the synthetic renderer's average face for a synthetic domain (the
+  faces the run trained on), else SATNet's alignment (SphereFace's points, 200x232). The template's frame goes
+  through what evaluation does to an image: resize to cover config.input.load_size (or the resolution), centre crop."""
+  source, domain = _source_domain(model, field)
+  if source.get("source", "synthetic") == "synthetic":
+    side = 256
+    points = np.mean([align.five_points_from_dlib68(synthetic.landmarks68(0, i, side, domain))
+                      for i in range(32)], axis=0)
+    frame, what = (side, side), f"the synthetic {domain} faces' average"
+  else:
+    points, frame, what = align.reference_points(), align.ALIGNED_SIZE, "SATNet's (SphereFace's five points)"
+  height, width = model.size
+  load_h, load_w = pipeline.load_size_hw(model.config.input)
+  scale = np.array([load_w / frame[0], load_h / frame[1]])
+  if model.config.input.get("resize", "square") != "square":
+    scale[:] = scale.max()  # shorter side to the load size, aspect kept
+  # pixel centres at integers: x' = (x + 0.5) * scale - 0.5, then the centre crop's offset
+  points = (points + 0.5) * scale - 0.5 - (np.array(frame) * scale - np.array([width, height])) / 2
+  return points, what
+
+
+def prepare_face(model: Model, field: str, image: np.ndarray, what: str = "the photo",
+                 detect=None) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+  """(the model's input (H, W, 3) in [-1, 1], notes, its 68 landmarks in that frame or None): the face aligned as
+  the model's training faces are (`face_template`) from dlib's landmarks when the optional landmark extra is
+  installed and finds a face; else `fit`'s centre crop, and the notes say why."""
+  detect = detect or align.detect_landmarks
+  try:
+    landmarks = detect(image)
+  except errors.DataError as e:  # (a UserError too) no face
+    fitted, notes = fit(image, model.size, what)
+    return fitted, notes + [f"{what} not aligned: {e}; centre-cropped"], None
+  except errors.UserError:  # the extra is not installed
+    fitted, notes = fit(image, model.size, what)
+    return fitted, notes + [f"{what} not aligned (landmark detection needs the optional extra: pip install -r "
+                            "requirements-align.txt); centre-cropped"], None
+  template, described = face_template(model, field)
+  matrix = align.similarity_transform(align.five_points_from_dlib68(landmarks), template)
+  shrink = 2 * np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+  if shrink < 1:  # bilinear warps alias below half size: Lanczos-shrink the photo first, to twice the model's scale
+    small = Image.fromarray(image).resize((max(1, round(image.shape[1] * shrink)),
+                                           max(1, round(image.shape[0] * shrink))), Image.Resampling.LANCZOS)
+    factors = np.array([small.size[0] / image.shape[1], small.size[1] / image.shape[0]])
+    image, landmarks = np.asarray(small), (landmarks + 0.5) * factors - 0.5
+    matrix = align.similarity_transform(align.five_points_from_dlib68(landmarks), template)
+  height, width = model.size
+  warped = align.warp_affine(image.astype(np.float32), matrix, (width, height))
+  notes = [f"{what} aligned by its dlib landmarks to {described} eyes, nose and mouth"]
+  return warped / 127.5 - 1.0, notes, align.transform_points(matrix, landmarks)
 
 
 # --- label maps ---
@@ -204,10 +282,24 @@ def mean_landmarks(size: tuple[int, int], count: int = 32) -> np.ndarray:
   return (points + 0.5) * np.array([size[1] / side, size[0] / side]) - 0.5
 
 
-def medical_mask(image: np.ndarray, kind: str = "surgical", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(masked uint8 image, hole bool (H, W)): masks.py's `kind` template warped onto the average face's landmarks."""
+def face_landmarks(image: np.ndarray, detect=None) -> tuple[np.ndarray | None, str]:
+  """(dlib's 68 landmarks of the face in `image`, or None, and where a mask goes: "the face's landmarks (dlib)", or
+  the average face's position and why)."""
+  try:
+    return (detect or align.detect_landmarks)(image), "the face's dlib landmarks"
+  except errors.DataError:  # (a UserError too)
+    return None, "the average face position (dlib found no face)"
+  except errors.UserError:
+    return None, "the average face position (landmark extra not installed)"
+
+
+def medical_mask(image: np.ndarray, kind: str = "surgical", seed: int = 0,
+                 landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(masked uint8 image, hole bool (H, W)): masks.py's `kind` template warped onto `landmarks` (68, 2), by
+  default the average face's."""
   rng = np.random.default_rng(seed)
-  face = masks_lib.mask_face(image, mean_landmarks(image.shape[:2]), kind, style=masks_lib.random_style(kind, rng))
+  landmarks = mean_landmarks(image.shape[:2]) if landmarks is None else landmarks
+  face = masks_lib.mask_face(image, landmarks, kind, style=masks_lib.random_style(kind, rng))
   return face.image, face.hole
 
 

@@ -8,6 +8,7 @@ command. FACEGEN_APP_SCREENSHOTS=DIR also copies one screenshot per tab to DIR/<
 """
 
 import base64
+import importlib.util
 import io
 import json
 import math
@@ -20,10 +21,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from facegen_jax import align
 from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax import rundir
 from facegen_jax import serving
+from input_pipeline import synthetic
 from tests import family_doubles
 from tests.conftest import tiny_config
 
@@ -31,9 +34,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 INSTALL_CHROMIUM = "apt-get install -y chromium (Debian's package; sh tests/setup.sh does it)"
 # The served runs: family -> tab.
-RUNS = {"spade": "label", "ugatit": "translate", "munit": "translate", "tiny_inpainter": "inpaint",
+RUNS = {"spade": "label", "ugatit": "translate", "munit": "translate", "tfill": "inpaint",
         "ssupervae": "complete", "dcgan": "sample"}
 DISPLAY = 256
+# Read at import: the app's fixture changes the working directory.
+SCREENSHOTS = os.environ.get("FACEGEN_APP_SCREENSHOTS") and os.path.abspath(os.environ["FACEGEN_APP_SCREENSHOTS"])
 
 
 def random_state(config, seed: int = 0):
@@ -112,6 +117,91 @@ def test_medical_mask_covers_mouth_not_eyes():
   assert 0.01 < hole.mean() < 0.5 and not np.array_equal(masked[hole], face[hole])
 
 
+def _model(config, family="munit") -> serving.Model:
+  """A served model for what only reads the config (templates, sizes): no state."""
+  return serving.Model("m", "", config, families.FAMILIES[family], state=None, step=0)
+
+
+def _tilted(image: np.ndarray, landmarks: np.ndarray, angle: float = 0.15, scale: float = 1.3,
+            canvas: tuple[int, int] = (360, 420)):
+  """`image` rotated by `angle` rad, scaled and moved off-centre into a grey (H, W) canvas, and its landmarks."""
+  c, s = scale * math.cos(angle), scale * math.sin(angle)
+  matrix = np.array([[c, -s, 60.0], [s, c, 10.0]])
+  out = align.warp_affine(image, matrix, (canvas[1], canvas[0]))
+  inside = align.warp_affine(np.ones(image.shape[:2], np.float32), matrix, (canvas[1], canvas[0])) > 0.5
+  return np.where(inside[..., None], out, 90).astype(np.uint8), align.transform_points(matrix, landmarks)
+
+
+def test_face_template_is_the_training_faces():
+  from configs import munit as munit_configs, satnet as satnet_configs  # pylint: disable=g-import-not-at-top
+  # Synthetic domains: the renderer's average face at the model's size (64 px renders agree with 256 px ones).
+  model = _model(munit_configs.get_config("cpu"))
+  template, what = serving.face_template(model, "a/image")
+  photo = np.mean([align.five_points_from_dlib68(synthetic.landmarks68(0, i, 64, "photo")) for i in range(32)], 0)
+  np.testing.assert_allclose(template, photo, atol=1e-9)
+  assert what == "the synthetic photo faces' average"
+  assert serving.face_template(model, "b/image")[1] == "the synthetic toon faces' average"
+  # A folder domain: SATNet's alignment (200x232), covered to load_size 116x100 (half) and centre-cropped to 112x96.
+  config = satnet_configs.get_config("cpu")
+  config.input.b.source = "folder"
+  template, what = serving.face_template(_model(config), "b/image")
+  np.testing.assert_allclose(template, (align.reference_points() + 0.5) * 0.5 - 0.5 - 2, atol=1e-9)
+  assert what.startswith("SATNet's")
+
+
+def test_prepare_face_aligns_by_landmarks():
+  from configs import munit as munit_configs  # pylint: disable=g-import-not-at-top
+  model = _model(munit_configs.get_config("cpu"))  # 64 px, synthetic photo -> toon
+  face = serving.example_face(0, 256)
+  tilted, points = _tilted(face, synthetic.landmarks68(0, 0, 256))
+  template, _ = serving.face_template(model, "a/image")
+  aligned, notes, moved = serving.prepare_face(model, "a/image", tilted, detect=lambda image: points)
+  assert aligned.shape == (64, 64, 3) and "aligned by its dlib landmarks" in notes[0], notes
+  fitted, _ = serving.fit(tilted, (64, 64))
+  # The face lands where the training faces have theirs: the similarity's residual only (this face's own shape).
+  residual = np.abs(align.five_points_from_dlib68(moved) - template).max()
+  assert residual < 1, residual
+  direct = align.similarity_transform(align.five_points_from_dlib68(synthetic.landmarks68(0, 0, 256)), template)
+  expected = align.warp_affine(face.astype(np.float32), direct, (64, 64)) / 127.5 - 1
+  inside = align.warp_affine(np.ones((256, 256), np.float32), direct, (64, 64)) > 0.99  # not the border
+  assert np.abs(aligned - expected)[inside].mean() < 0.04  # resampled twice, else the same crop
+  assert np.abs(fitted - expected)[inside].mean() > 0.1  # which the centre crop is not
+  # Without the extra, or without a face: the centre crop, and the note says why.
+  def missing(image):
+    raise errors.UserError("landmark detection needs dlib (dlib is missing)")
+  def no_face(image):
+    raise errors.DataError("no face found in the image (dlib's frontal face detector)")
+  for detect, why in ((missing, "requirements-align.txt"), (no_face, "no face found")):
+    image, notes, moved = serving.prepare_face(model, "a/image", tilted, detect=detect)
+    np.testing.assert_array_equal(image, fitted)
+    assert moved is None and why in notes[-1] and notes[-1].endswith("centre-cropped"), notes
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="needs the landmark extra: "
+                    "pip install -r requirements-align.txt (tests/setup.sh installs it)")
+def test_prepare_face_with_dlib():
+  from configs import munit as munit_configs  # pylint: disable=g-import-not-at-top
+  model = _model(munit_configs.get_config("cpu"))
+  tilted, points = _tilted(serving.example_face(0, 256), synthetic.landmarks68(0, 0, 256))
+  found = align.detect_landmarks(tilted)
+  assert np.abs(found - points).mean() < 6  # dlib's 68 points on the drawn face (pixels of a 420x360 image)
+  aligned, notes, moved = serving.prepare_face(model, "a/image", tilted)
+  template, _ = serving.face_template(model, "a/image")
+  assert "aligned by its dlib landmarks" in notes[0], notes
+  assert np.abs(align.five_points_from_dlib68(moved) - template).max() < 3  # model pixels (64 px)
+  with pytest.raises(errors.DataError, match="no face found"):
+    align.detect_landmarks(np.full((200, 200, 3), 90, np.uint8))
+
+
+def test_fit_points_follow_the_pixels():
+  image = np.zeros((300, 500, 3), np.uint8)
+  image[118:123, 318:323] = 255  # a dot centred at x 320, y 120
+  fitted, _ = serving.fit(image, (64, 64))
+  y, x = np.unravel_index(np.argmax(fitted.sum(-1)), (64, 64))
+  point = serving.fit_points(np.array([[320.0, 120.0]]), image.shape, (64, 64))[0]
+  assert abs(point[0] - x) <= 0.5 and abs(point[1] - y) <= 0.5, (point, x, y)
+
+
 def test_load_models_names_what_it_cannot_serve(tmp_path, monkeypatch):
   monkeypatch.setitem(families.FAMILIES, "tiny_inpainter", family_doubles.tiny_inpainter)
   good = make_run(tmp_path / "inpainter", "tiny_inpainter")
@@ -163,12 +253,12 @@ def server(tmp_path_factory):
   from facegen_jax import app  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("app_runs")
   with pytest.MonkeyPatch.context() as monkeypatch:
-    monkeypatch.setitem(families.FAMILIES, "tiny_inpainter", family_doubles.tiny_inpainter)
-    workdirs = [make_run(root / name, name) for name in RUNS]
+    monkeypatch.chdir(root)  # the page names runs by the paths given: short relative ones, as a user types them
+    workdirs = [os.path.relpath(make_run(root / name, name), root) for name in RUNS]
     config = family_doubles.tiny_inpainter.get_config()
     config.family = "no_such_family"
     rundir.save_config(root / "unknown", config)
-    workdirs += [str(root / "missing"), str(root / "unknown")]
+    workdirs += ["missing", "unknown"]
     port = _free_port()
     models, problems = serving.load_models(workdirs)
     demo = app.launch(models, problems, port=port, block=False)
@@ -209,6 +299,7 @@ def files(tmp_path_factory):
   big = np.broadcast_to((np.arange(5000, dtype=np.int64)[None, :, None] * 7 + np.arange(3000)[:, None, None]) % 251,
                         (3000, 5000, 3)).astype(np.uint8)
   return {"face": _png(root / "face.png", serving.example_face(3, 256)),
+          "tilted": _png(root / "tilted.png", _tilted(serving.example_face(0, 256), np.zeros((68, 2)))[0]),
           "toon": _png(root / "toon.png", serving.example_face(5, 256, "toon")),
           "wide": _png(root / "wide.png", np.concatenate([serving.example_face(4, 200)] * 2, axis=1)),
           "big": _png(root / "big.png", big), "text": str(root / "notes.txt"), "root": root}
@@ -289,7 +380,7 @@ def _stroke(page, elem_id: str, dx: float = 0.0, dy: float = 0.0, length: float 
 def _screenshot(page, tmp_path, tab: str) -> None:
   path = tmp_path / f"{tab}.png"
   page.screenshot(path=str(path), full_page=True)
-  copy_to = os.environ.get("FACEGEN_APP_SCREENSHOTS")
+  copy_to = SCREENSHOTS
   if copy_to:
     os.makedirs(copy_to, exist_ok=True)
     # Small PNGs for the README: 128 colours.
@@ -312,7 +403,7 @@ def test_page_lists_served_and_unserved_runs(page, server):
   for name in RUNS:
     assert f"{name} (" in served
   problems = page.inner_text("#problems")
-  assert f"{server['root']}/missing: no such directory" in problems
+  assert "missing: no such directory" in problems
   assert "unknown family 'no_such_family'" in problems
   assert [t.inner_text() for t in page.get_by_role("tab").all()] == [
       "Label map -> face", "Translate", "Inpaint", "Complete a panel", "Sample"]
@@ -347,14 +438,16 @@ def test_label_map_tab(page, server, tmp_path):
 @pytest.mark.slow
 def test_translate_tab(page, server, files, tmp_path):
   _tab(page, "Translate")
-  _upload(page, "translate-photo", files["face"], "face.png")
+  _upload(page, "translate-photo", files["tilted"], "tilted.png")
   status = _click(page, "translate-run", "translate")
   assert "ugatit a2b" in status and "ugatit a2b_heatmap" in status, status
+  aligned = "aligned by its dlib landmarks" if importlib.util.find_spec("dlib") else "not aligned (landmark det"
+  assert aligned in status, status
   _latency(status, LATENCIES)
   result, heat = _image(page, "translate-result"), _image(page, "translate-heatmap")
   assert result.shape == (DISPLAY, 2 * DISPLAY + 4, 3) and heat.shape == (DISPLAY, DISPLAY, 3)
   ugatit = server["models"]["ugatit"]
-  photo, _ = serving.fit(np.asarray(Image.open(files["face"])), (32, 32))
+  photo, _, _ = serving.prepare_face(ugatit, "a/image", np.asarray(Image.open(files["tilted"])))
   expected, _ = serving.generate(ugatit, "a2b", {"a/image": photo[None]}, 1)
   np.testing.assert_array_equal(result[::8, DISPLAY + 4::8], serving.to_uint8(expected[0]))
   _not_constant(result[:, DISPLAY + 4:])
@@ -389,7 +482,7 @@ def test_inpaint_tab(page, server, files, tmp_path):
   assert "the mask is empty" in status, status  # nothing painted yet
   _stroke(page, "inpaint-editor", length=80)
   status = _click(page, "inpaint-run", "inpaint")
-  assert "hole:" in status and "tiny_inpainter inpainted" in status, status
+  assert "hole:" in status and "tfill inpainted" in status, status
   _latency(status, LATENCIES)
   shown = _image(page, "inpaint-result")
   assert shown.shape == (DISPLAY, 2 * DISPLAY + 4, 3)
@@ -397,15 +490,18 @@ def test_inpaint_tab(page, server, files, tmp_path):
   photo, _ = serving.fit(np.asarray(Image.open(files["face"])), (32, 32))
   hole = np.any(masked != serving.to_uint8(photo), axis=-1)  # the masked input shows the hole grey (0 in [-1, 1])
   assert 0.005 < hole.mean() < 0.5 and hole[12:20].any() and (masked[hole] == 128).all()
-  inpainter = server["models"]["tiny_inpainter"]
+  inpainter = server["models"]["tfill"]
   expected, _ = serving.generate(inpainter, "inpainted", {"image": photo[None],
                                                           "mask": hole[None, ..., None].astype(np.float32)}, 1)
   np.testing.assert_array_equal(result, serving.to_uint8(expected[0]))  # the composite of that hole
   status = _click(page, "inpaint-medical", "inpaint")
   assert "surgical mask placed" in status, status
   hole = np.any(_image(page, "inpaint-result")[::8, :DISPLAY:8] != serving.to_uint8(photo), axis=-1)
-  _, expected = serving.medical_mask(serving.to_uint8(photo), "surgical", 0)
-  np.testing.assert_array_equal(hole, expected)  # masks.py's surgical mask on the average face's landmarks
+  landmarks, where = serving.face_landmarks(np.asarray(Image.open(files["face"])))
+  assert where in status, status
+  landmarks = None if landmarks is None else serving.fit_points(landmarks, (256, 256), (32, 32))
+  _, expected = serving.medical_mask(serving.to_uint8(photo), "surgical", 0, landmarks=landmarks)
+  np.testing.assert_array_equal(hole, expected)  # masks.py's surgical mask on the face's (or average) landmarks
   assert hole.sum() >= 5 and not hole[:12].any()  # the lower face, not the eyes and above
   _screenshot(page, tmp_path, "inpaint")
 
