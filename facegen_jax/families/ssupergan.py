@@ -104,7 +104,8 @@ def backbone(config) -> nn.Module:
   m = config.model
   if m.backbone == "toy":
     return ToyBackbone(m.embed_dim)
-  return efficientnet.EfficientNet(m.backbone, num_classes=m.embed_dim, static_pad_size=m.get("static_pad_size"))
+  return efficientnet.EfficientNet(m.backbone, num_classes=m.embed_dim, static_pad_size=m.get("static_pad_size"),
+                                   remat=bool(m.get("remat", False)))
 
 
 def _sequence_settings(config) -> dict:
@@ -245,7 +246,7 @@ def completion_scores(inputs: dict, generated: dict, output: str) -> dict:
 
 def seq_config_dict(**values) -> ml_collections.ConfigDict:
   """config.model for an SSuper model: every key (so each can be set from the command line)."""
-  defaults = dict(backbone="efficientnet-b5", embed_dim=256, static_pad_size=None, backbone_weights=None,
+  defaults = dict(backbone="efficientnet-b5", embed_dim=256, static_pad_size=None, backbone_weights=None, remat=False,
                   latent_dim=256, use_lstm=False, lstm_hidden=256, bidirectional=False, num_layers=1,
                   lstm_dropout=0.0, masked_first=True)
   unknown = sorted(set(values) - set(defaults) - {"channels", "image_size", "ngf", "ndf"})

@@ -190,7 +190,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, pad, impl: str 
   """Depthwise conv of NHWC x with a (k, k, 1, C) kernel, explicit padding ((top, bottom), (left, right)).
 
   "xla": one `feature_group_count=C` convolution. "taps": the k*k strided slices of the padded input, each
-  times its tap, summed (one fused loop; autodiff gives pads and reductions). XLA:CPU runs grouped
+  times its tap, summed (one fused loop), with a custom gradient that keeps only x (`_depthwise_taps_bwd`). XLA:CPU runs grouped
   convolutions through a slow generic path: at batch 12, 150x150x240, k3 s2, fwd+bwd took 17 s of CPU time
   grouped, 1.3 s as taps; "auto" is taps on CPU, XLA's elsewhere. A whole b5 train-mode fwd+bwd at 300 px
   (load ~12 on 2 cores): batch 3 in 8.6-8.8 s (6.0 s CPU) with taps, batch 2 in 55-59 s grouped (load ~15).
@@ -200,8 +200,12 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, pad, impl: str 
   if impl == "xla" or (impl == "auto" and jax.default_backend() != "cpu"):
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         feature_group_count=x.shape[-1])
+  return _depthwise_taps(x, kernel, stride, tuple(map(tuple, pad)))
+
+
+def _taps_forward(x, kernel, stride, pad):
   k = kernel.shape[0]
-  padded = jnp.pad(x, ((0, 0), tuple(pad[0]), tuple(pad[1]), (0, 0)))
+  padded = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
   out_h, out_w = ((padded.shape[1] - k) // stride + 1, (padded.shape[2] - k) // stride + 1)
   out = None
   for i in range(k):
@@ -211,6 +215,47 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, pad, impl: str 
                              (1, stride, stride, 1))
       out = window * kernel[i, j, 0] if out is None else out + window * kernel[i, j, 0]
   return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, pad) -> jax.Array:
+  """`depthwise_conv`'s taps: the k*k strided windows of the padded input, each times its tap, summed."""
+  return _taps_forward(x, kernel, stride, pad)
+
+
+def _depthwise_taps_fwd(x, kernel, stride, pad):
+  return _taps_forward(x, kernel, stride, pad), (x, kernel)
+
+
+def _depthwise_taps_bwd(stride, pad, residuals, g):
+  """The same sums as autodiff's, arranged so that only x is kept from the forward pass.
+
+  Autodiff's kernel gradient reduces each window times g; XLA:CPU's reductions (YNNPACK) do not fuse the window's
+  slice, so every window, the size of the output, was written out and, computed from x alone, scheduled in the
+  forward pass: k*k such buffers per block lived until the backward pass (b5 at 300 px, batch 12: about half of
+  the step's 17 GiB). Here g is placed at each tap's offset in the padded frame instead (zeros around and, for
+  stride 2, between its pixels: a pad of g, which only exists once g does) and reduced against the padded x.
+  """
+  x, kernel = residuals
+  k = kernel.shape[0]
+  padded = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+  out_h, out_w = g.shape[1:3]
+  zero = jnp.zeros((), g.dtype)
+  taps, dpadded = [], None
+  for i in range(k):
+    for j in range(k):
+      # g at the positions window (i, j) reads: rows i, i + stride, ..., i + (out_h - 1) * stride of the frame.
+      placed = jax.lax.pad(g, zero, ((0, 0, 0), (i, padded.shape[1] - i - (out_h - 1) * stride - 1, stride - 1),
+                                     (j, padded.shape[2] - j - (out_w - 1) * stride - 1, stride - 1), (0, 0, 0)))
+      taps.append(jnp.sum(placed * padded, axis=(0, 1, 2)))
+      term = placed * kernel[i, j, 0]
+      dpadded = term if dpadded is None else dpadded + term
+  (top, _), (left, _) = pad
+  dx = jax.lax.slice(dpadded, (0, top, left, 0), (x.shape[0], top + x.shape[1], left + x.shape[2], x.shape[3]))
+  return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
 
 
 class Conv(nn.Module):
@@ -293,8 +338,9 @@ class EfficientNet(nn.Module):
   dropout_rate: float | None = None  # default: the variant's
   drop_connect_rate: float = DROP_CONNECT_RATE
   depthwise_impl: str = "auto"  # see `depthwise_conv`
-  # Recompute each block's activations in the backward pass: b5 at 300 px keeps ~1.2 GB per image for it
-  # (batch 12 went past 14 GB on CPU) and recomputing costs one more forward.
+  # Recompute each block's activations in the backward pass (config.model.remat). Not on XLA:CPU: it removes
+  # jax.checkpoint's optimization barriers before scheduling and runs the recomputation in the forward pass, so
+  # four b5 blocks at 75 px, batch 12, kept 3852 MiB of temporaries with and without it (memory_analysis).
   remat: bool = False
 
   @nn.compact
