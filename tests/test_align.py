@@ -1,5 +1,8 @@
 """facegen_jax/align.py: SATNet's five-point similarity alignment into 200x232 and its side-face rejection."""
 
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
 
@@ -159,13 +162,13 @@ def test_distance_bound_is_pi_d_squared_over_a_tenth_of_the_image():
     assert align.is_frontal(moved, rate=1.0) == frontal
 
 
-def test_detect_landmarks_without_dlib_says_what_to_install():
-  try:
-    import dlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    import face_recognition_models  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    pytest.skip("dlib is installed")
-  except ImportError:
-    pass
-  with pytest.raises(UserError, match="pip install dlib-bin face-recognition-models") as info:
+def test_detect_landmarks_without_dlib_says_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "dlib", None)  # as if the optional wheel were not installed
+  with pytest.raises(UserError, match="pip install -r requirements-align.txt") as info:
     align.detect_landmarks(np.zeros((64, 64, 3), np.uint8))
   assert "\n" not in str(info.value)
+  find_spec = importlib.util.find_spec  # the model file's package missing (found without importing it)
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *args: None if name == "face_recognition_models" else find_spec(name, *args))
+  with pytest.raises(UserError, match="face-recognition-models is not installed.*requirements-align.txt"):
+    align.dlib_predictor_file()
