@@ -43,3 +43,17 @@ def run_main(*args, env=None, timeout=600, check=True):
 @pytest.fixture
 def workdir(tmp_path):
   return tmp_path / "run"
+
+
+def tensorboard_scalars(logdir: pathlib.Path) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}}: the scalars in a run's TensorBoard event files (CLU's tensors, and simple values)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in pathlib.Path(logdir).rglob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        if value.HasField("tensor") and not value.tensor.string_val:
+          out.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+        elif value.HasField("simple_value"):
+          out.setdefault(value.tag, {})[event.step] = value.simple_value
+  return out

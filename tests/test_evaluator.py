@@ -5,7 +5,6 @@ Random Inception weights throughout (the network's numbers against pytorch-fid a
 """
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -24,23 +23,11 @@ from facegen_jax.metrics import evaluator as evaluator_lib
 from facegen_jax.metrics import fid
 from tests import fid_weights
 from tests.conftest import REPO
+from tests.conftest import tensorboard_scalars
 from tests.conftest import tiny_config
 
 _EVAL = {"eval.every_steps": 2, "eval.num_samples": 10, "eval.batch_size": 4, "eval.kid_subsets": 3,
          "eval.kid_subset_size": 5}
-
-
-def _scalars(logdir: pathlib.Path) -> dict[str, dict[int, float]]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  out = {}
-  for path in logdir.rglob("events.out.tfevents.*"):
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
-      for value in event.summary.value:
-        if value.HasField("tensor") and not value.tensor.string_val:
-          out.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
-        elif value.HasField("simple_value"):
-          out.setdefault(value.tag, {})[event.step] = value.simple_value
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +47,7 @@ def dcgan_run(tmp_path_factory, weights):
 
 
 def test_training_logs_fid_kid_and_keeps_the_best_checkpoint(dcgan_run):
-  scalars = _scalars(dcgan_run / "tensorboard")
+  scalars = tensorboard_scalars(dcgan_run / "tensorboard")
   fids = scalars["eval/fid"]
   assert sorted(fids) == [2, 4] and all(np.isfinite(v) and v > 0 for v in fids.values())
   assert fids[2] != fids[4]
@@ -73,7 +60,7 @@ def test_training_logs_fid_kid_and_keeps_the_best_checkpoint(dcgan_run):
 
 
 def test_evaluate_command_reproduces_the_logged_numbers(dcgan_run):
-  logged = _scalars(dcgan_run / "tensorboard")
+  logged = tensorboard_scalars(dcgan_run / "tensorboard")
   latest = evaluate.run_workdir(str(dcgan_run))
   assert latest["step"] == 4
   assert latest["fid"] == pytest.approx(logged["eval/fid"][4], rel=1e-5)
@@ -214,7 +201,7 @@ def test_best_checkpoint_survives_a_restart(dcgan_run, tmp_path):
 
 
 def test_generate_from_the_best_checkpoint(dcgan_run, tmp_path):
-  fids = _scalars(dcgan_run / "tensorboard")["eval/fid"]
+  fids = tensorboard_scalars(dcgan_run / "tensorboard")["eval/fid"]
   best_step, other_step = sorted(fids, key=fids.get)
   outputs = {}
   for name, options in (("best", {"best": True}), ("at_best", {"step": best_step}), ("other", {"step": other_step})):

@@ -16,6 +16,7 @@ from input_pipeline import pipeline
 from input_pipeline import sources
 from input_pipeline import synthetic
 from tests import fid_weights
+from tests.conftest import tensorboard_scalars
 
 
 def _base_run(workdir) -> dict:
@@ -65,19 +66,8 @@ def test_personal_preset_fine_tunes_a_base_run_on_the_folder_and_keeps_the_best(
   assert fid.Statistics.load(stats).count == 3
 
   # Evaluated at the last step by FID, with the hole metrics beside it; the best checkpoint kept by FID.
-  scalars = _scalars(tmp_path / "tuned" / "tensorboard")
+  scalars = tensorboard_scalars(tmp_path / "tuned" / "tensorboard")
   assert config.eval.best_metric == "fid" and list(scalars["eval/fid"]) == [2]
   assert all(np.isfinite(scalars[f"eval/{name}"][2]) for name in ("fid", "hole_l1", "psnr", "ssim", "lpips"))
   assert scalars["eval/best_fid"][2] == scalars["eval/fid"][2]
   assert rundir.latest_step(tmp_path / "tuned", best=True) == 2
-
-
-def _scalars(logdir) -> dict[str, dict[int, float]]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  out = {}
-  for path in logdir.rglob("events.out.tfevents.*"):
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
-      for value in event.summary.value:
-        if value.HasField("tensor") and not value.tensor.string_val:
-          out.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
-  return out
