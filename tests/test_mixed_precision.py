@@ -17,10 +17,15 @@ from input_pipeline import pipeline
 from tests.conftest import tiny_config
 
 
-def _step_and_inputs(family, dtype):
+def _step_and_inputs(family, dtype, abstract=False):
+  """The jitted guarded step, a step-0 state (shapes and dtypes only when `abstract`: lowering needs no values,
+  and building a family's real state eagerly costs more than the lowering) and one batch."""
   config = tiny_config(family, compute_dtype=dtype, ema_decay=0.5)
   key = jax.random.key(0)
-  state = families.init_state(config, key)
+  if abstract:
+    state = jax.eval_shape(lambda k: families.init_state(config, k), key)
+  else:
+    state = families.init_state(config, key)
   batch = next(pipeline.create_train_iterator(config.input, seed=0, global_batch_size=config.batch_size))
   return jax.jit(train._guarded_step(families.get_family(family), config, key)), state, batch
 
@@ -31,8 +36,8 @@ def _conv_result_types(step, state, batch) -> list[str]:
 
 @pytest.mark.parametrize("family", sorted(families.FAMILIES))
 def test_bfloat16_convolutions_with_a_float32_state(family):
-  f32_convs = _conv_result_types(*_step_and_inputs(family, "float32"))
-  step, state, batch = _step_and_inputs(family, "bfloat16")
+  f32_convs = _conv_result_types(*_step_and_inputs(family, "float32", abstract=True))
+  step, state, batch = _step_and_inputs(family, "bfloat16", abstract=True)
   bf16_convs = _conv_result_types(step, state, batch)
   assert f32_convs and not any("bf16" in t for t in f32_convs)
   assert len(bf16_convs) == len(f32_convs) and all(t.endswith("bf16") for t in bf16_convs), bf16_convs
