@@ -3,7 +3,6 @@ p controller), DiffAugment, gradients, shapes and dtypes. Tiny images; the file 
 
 import functools
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import pytest
 from facegen_jax import augment
 from facegen_jax import compile as compile_lib
 from facegen_jax import errors
-from tests.conftest import REPO
+from tests.conftest import REPO, device_env
 
 ALL_OPS = augment.GEOMETRIC_OPS + augment.COLOR_OPS
 # Tiny programs run a few times: XLA:CPU's quick compilation halves this file's time (same numbers).
@@ -440,8 +439,7 @@ print(json.dumps(errors))
 @pytest.mark.slow
 def test_a_batch_split_over_devices_gets_the_same_augmentations():
   """Per-image keys: 4 simulated devices give the images and gradients of 1 (p = 0.5, some images resampled)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-             PYTHONPATH=str(REPO))
+  env = device_env(4, PYTHONPATH=str(REPO))
   result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

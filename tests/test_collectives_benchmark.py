@@ -1,13 +1,12 @@
 """benchmarks/collectives.py's HLO reading: counts and bytes on a fixed module text and on a compiled step."""
 
 import importlib.util
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, device_env
 
 _SPEC = importlib.util.spec_from_file_location("collectives", REPO / "benchmarks" / "collectives.py")
 collectives = importlib.util.module_from_spec(_SPEC)
@@ -93,7 +92,7 @@ print(collectives.count_collectives(text)["all-reduce"])
 
 @pytest.mark.slow
 def test_a_sum_over_the_split_axis_is_one_all_reduce_of_its_size():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = device_env(4)
   result = subprocess.run([sys.executable, "-c", _PSUM], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]

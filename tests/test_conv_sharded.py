@@ -8,13 +8,12 @@ XLA's own convolution's (all within 8e-7 of the float64 reference, relative to t
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, device_env
 
 # Input sizes the SPADE discriminator's k4 s2 p2 layers see: even (32 -> 17) and odd (17 -> 9, 9 -> 5).
 SIZES = (32, 17, 9)
@@ -74,7 +73,7 @@ def errors():
   """{"size/dtype/impl/devices": [relative error of y, dx, dk]}: each result's largest deviation from the float64
   reference (1 device, XLA's convolution and autodiff), relative to the reference's largest element; for
   devices "1-vs-8", the deviation of the 8-device result from the 1-device one. One subprocess, 8 devices."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = device_env(8)
   result = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(SIZES), json.dumps(IMPLS)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]

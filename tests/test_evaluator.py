@@ -4,7 +4,6 @@ statistics cache, how each process reads its share, and the errors for settings 
 Random Inception weights throughout (the network's numbers against pytorch-fid are test_fid's business).
 """
 
-import os
 import subprocess
 import sys
 
@@ -22,7 +21,7 @@ from facegen_jax import train
 from facegen_jax.metrics import evaluator as evaluator_lib
 from facegen_jax.metrics import fid
 from tests import fid_weights
-from tests.conftest import REPO
+from tests.conftest import REPO, device_env
 from tests.conftest import tensorboard_scalars
 from tests.conftest import tiny_config
 
@@ -180,7 +179,7 @@ def test_evaluate_command_errors(dcgan_run, tmp_path):
 def test_evaluate_command_line_on_eight_devices_matches_one(dcgan_run):
   """The CLI over 8 simulated devices (batch split 8 ways) gives the numbers of the in-process 1-device run."""
   one = evaluate.run_workdir(str(dcgan_run), batch_size=8)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = device_env(8)
   result = subprocess.run([sys.executable, "-m", "facegen_jax.evaluate", "--workdir", str(dcgan_run),
                            "--batch_size", "8"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

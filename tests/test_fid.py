@@ -5,7 +5,6 @@ Tests marked by `fid_weights.torchscript_path()` need the real weights (`python 
 they skip only when the file is absent. The rest use random weights or random features.
 """
 
-import os
 import subprocess
 import sys
 

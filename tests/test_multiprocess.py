@@ -21,7 +21,7 @@ import pytest
 
 from facegen_jax import rundir
 
-from tests.conftest import REPO
+from tests.conftest import REPO, device_env
 
 pytestmark = pytest.mark.slow  # processes started with several simulated devices each
 
@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 def _start(workdir: pathlib.Path, devices: int, log, extra=()) -> subprocess.Popen:
   # A session of its own: the kill goes to its process group, so no child of it outlives the test either.
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = device_env(devices)
   return subprocess.Popen([sys.executable, "-m", "facegen_jax.main", *_FLAGS, "--workdir", str(workdir), *extra],
                           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

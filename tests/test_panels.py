@@ -4,7 +4,6 @@ GoldenPanelsDataset semantics, synthetic sequences (identity, determinism, resum
 import json
 import os
 
-import grain
 import numpy as np
 from PIL import Image
 import pytest

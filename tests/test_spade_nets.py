@@ -211,3 +211,19 @@ def test_avg_pool_between_scales_excludes_padding():
 def test_nearest_resize_uses_torchs_index_rule():
   x = jnp.arange(128.0).reshape(1, 128, 1, 1) * jnp.ones((1, 1, 128, 1))
   assert spade.nearest_resize(x, (4, 4))[0, :, 0, 0].tolist() == [0, 32, 64, 96]  # floor(dst * 32), not +16.
+
+
+def test_upsample_equals_two_repeats():
+  """upsample2 (a broadcast, its gradient four strided slices) computes two jnp.repeat calls (nn.Upsample nearest
+  x2): values exactly; first and second derivatives in float64 (it is also SSuperGAN's, MUNIT's, U-GAT-IT's)."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (3, 4, 6, 5), jnp.float64)
+    weights = jax.random.normal(jax.random.key(1), (3, 8, 12, 5), jnp.float64)
+    reference = lambda x: jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    np.testing.assert_array_equal(spade.upsample2(x), reference(x))
+    loss = lambda fn: lambda x: jnp.sum(jnp.sin(fn(x)) * weights)
+    np.testing.assert_allclose(jax.grad(loss(spade.upsample2))(x), jax.grad(loss(reference))(x), rtol=1e-14,
+                               atol=1e-14)
+    grad_norm = lambda fn: lambda x: jnp.sum(jnp.square(jax.grad(loss(fn))(x)))
+    np.testing.assert_allclose(jax.grad(grad_norm(spade.upsample2))(x), jax.grad(grad_norm(reference))(x),
+                               rtol=1e-12, atol=1e-12)

@@ -255,14 +255,3 @@ def test_size_errors():
     _abstract(ssupergan.LSTMSequenceEncoder(hidden=5, bidirectional=True),
               jax.ShapeDtypeStruct((1, 3, 4), jnp.float32))
 
-
-def test_upsample_equals_two_repeats():
-  """The broadcast upsample computes two jnp.repeat calls (nn.Upsample nearest x2): values and gradients, float64."""
-  with jax.enable_x64(True):
-    x = jax.random.normal(jax.random.key(0), (3, 4, 6, 5), jnp.float64)
-    weights = jax.random.normal(jax.random.key(1), (3, 8, 12, 5), jnp.float64)
-    reference = lambda x: jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    np.testing.assert_array_equal(ssupergan._upsample2(x), reference(x))
-    loss = lambda fn: lambda x: jnp.sum(jnp.sin(fn(x)) * weights)
-    np.testing.assert_allclose(jax.grad(loss(ssupergan._upsample2))(x), jax.grad(loss(reference))(x), rtol=1e-14,
-                               atol=1e-14)

@@ -1,7 +1,6 @@
 """The training loop: outputs on disk, resume equality, sharding equality, preemption, non-finite losses."""
 
 import json
-import os
 import pathlib
 import random
 import signal
@@ -18,9 +17,8 @@ from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax import state as state_lib
 from facegen_jax import train
-from facegen_jax.families import common
 from facegen_jax.families import dcgan
-from tests.conftest import REPO, run_main, tiny_config
+from tests.conftest import REPO, device_env, run_main, tiny_config
 
 
 def _leaves(state):
@@ -233,7 +231,9 @@ def _assert_close_in_norm(a, b, name):
 def test_eight_devices_match_one(tmp_path, family, overrides, assert_close):
   dumps = {}
   for devices in (1, 8):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    # SPADE's bound was measured on XLA's default -O2 build: at the suite's -O1 one near-zero D bias (|a| 4e-4)
+    # drifted 9e-5 between 1 and 8 devices in 3 steps, beyond it; the 8-device sharding is what is tested here.
+    env = device_env(devices, xla_defaults=family == "spade")
     out = tmp_path / f"{devices}.npz"
     subprocess.run([sys.executable, "-c", _DUMP, str(tmp_path / f"run{devices}"), str(out), str(devices), family,
                     json.dumps(overrides)],

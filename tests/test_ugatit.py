@@ -5,7 +5,6 @@ bottleneck, ADA), which is also the contract test's (tests/test_families.py), so
 serves the second of them.
 """
 
-import functools
 import re
 
 import jax
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 
 from facegen_jax import errors
-from facegen_jax import families
 from facegen_jax import optim
 from facegen_jax import rundir
 from facegen_jax import state as state_lib

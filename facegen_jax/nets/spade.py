@@ -75,9 +75,28 @@ def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   return x[:, rows][:, :, cols]
 
 
+@jax.custom_vjp
 def upsample2(x: jax.Array) -> jax.Array:
-  """`nn.Upsample(scale_factor=2)` (nearest)."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  """`nn.Upsample(scale_factor=2)` (nearest) of NHWC x: each pixel broadcast to a 2x2 block.
+
+  Its gradient, the sum of each 2x2 block of dy, is written as the four strided slices of dy added (one
+  elementwise loop): autodiff's reduction over the block axes goes to YNNPACK on XLA:CPU, which ran it ~6x slower
+  (SSuperGAN's decoder, its four upsamples fwd+bwd at batch 64: 27 vs 172 ms median, vs 244 ms for two
+  jnp.repeat; quiet machine). The same sums in another order (float64: within 5e-16).
+  """
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
+def _upsample2_fwd(x):
+  return upsample2(x), None
+
+
+def _upsample2_bwd(_, g):
+  return (g[:, 0::2, 0::2] + g[:, 0::2, 1::2] + g[:, 1::2, 0::2] + g[:, 1::2, 1::2],)
+
+
+upsample2.defvjp(_upsample2_fwd, _upsample2_bwd)
 
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:

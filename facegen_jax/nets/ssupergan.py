@@ -39,6 +39,7 @@ import numpy as np
 
 from facegen_jax.nets import batch_norm
 from facegen_jax.nets import conv as conv_lib
+from facegen_jax.nets.spade import upsample2
 
 _LEAKY_SLOPE = 0.2
 # torch's kaiming_uniform_(w, a=sqrt(5)): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1 / sqrt(fan_in).
@@ -83,14 +84,6 @@ def _avg_pool2(x):
   # flax's reduce_window pool: a reshape + mean was slower on XLA:CPU (fwd+bwd of the encoder's four pools at
   # batch 64: 342 vs 238 ms median, interleaved, load 9-18).
   return nn.avg_pool(x, (2, 2), (2, 2))
-
-
-def _upsample2(x):
-  """nn.Upsample(scale_factor=2, mode='nearest'): one broadcast of each pixel to a 2x2 block, whose gradient is one
-  reduction over the blocks where two jnp.repeat calls make two (the decoder's four upsamples, fwd+bwd at batch
-  64 on XLA:CPU: 191 vs 244 ms median, interleaved, load 9-18)."""
-  b, h, w, c = x.shape
-  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
 
 
 BatchNorm = batch_norm.BatchNorm  # torch's BatchNorm2d (momentum 0.1, eps 1e-5).
@@ -157,7 +150,7 @@ class Decoder(nn.Module):
     x = x.reshape(-1, top, 4, 4).transpose(0, 2, 3, 1)
     size = 4
     for features in reversed(self.channels):
-      x = _upsample2(ResidualBlock(features, name=f"res_in_{size}")(x, train=train))
+      x = upsample2(ResidualBlock(features, name=f"res_in_{size}")(x, train=train))
       size *= 2
     x = ResidualBlock(self.channels[0], name=f"res_in_{size}")(x, train=train)
     return _conv(x, 3, 5, name="predict", use_bias=True)
