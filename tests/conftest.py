@@ -37,10 +37,9 @@ def tiny_config(family: str, /, **overrides):
   return config
 
 
-def device_env(devices: int, xla_defaults: bool = False, **extra) -> dict[str, str]:
-  """os.environ for a CPU subprocess that simulates `devices` devices: the suite's XLA flags kept, or XLA's own
-  defaults (`xla_defaults`, for comparisons calibrated on the rounding of the default build)."""
-  flags = f"--xla_force_host_platform_device_count={devices}" + ("" if xla_defaults else f" {TEST_XLA_FLAGS}")
+def device_env(devices: int, **extra) -> dict[str, str]:
+  """os.environ for a CPU subprocess that simulates `devices` devices (the suite's XLA flags kept)."""
+  flags = f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
   return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
 
 
