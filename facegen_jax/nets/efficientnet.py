@@ -238,6 +238,7 @@ def _depthwise_taps_bwd(stride, pad, residuals, g):
   """
   x, kernel = residuals
   k = kernel.shape[0]
+  (top, _), (left, _) = pad
   padded = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
   out_h, out_w = g.shape[1:3]
   zero = jnp.zeros((), g.dtype)
@@ -248,11 +249,27 @@ def _depthwise_taps_bwd(stride, pad, residuals, g):
       placed = jax.lax.pad(g, zero, ((0, 0, 0), (i, padded.shape[1] - i - (out_h - 1) * stride - 1, stride - 1),
                                      (j, padded.shape[2] - j - (out_w - 1) * stride - 1, stride - 1), (0, 0, 0)))
       taps.append(jnp.sum(placed * padded, axis=(0, 1, 2)))
-      term = placed * kernel[i, j, 0]
-      dpadded = term if dpadded is None else dpadded + term
-  (top, _), (left, _) = pad
-  dx = jax.lax.slice(dpadded, (0, top, left, 0), (x.shape[0], top + x.shape[1], left + x.shape[2], x.shape[3]))
-  return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+      if stride > 1:
+        term = placed * kernel[i, j, 0]
+        dpadded = term if dpadded is None else dpadded + term
+  dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+  if stride > 1:  # the placed copies of g times their taps, summed (a materialised spread of g was slower here)
+    dx = jax.lax.slice(dpadded, (0, top, left, 0), (x.shape[0], top + x.shape[1], left + x.shape[2], x.shape[3]))
+    return dx, dkernel
+  # Stride 1: dx is g correlated with the flipped kernel, the forward's k*k slices over one padded copy of g,
+  # materialised once so the reads are plain slices (at 12x75x75x240, k5, fwd+bwd: 505 ms against 2819 ms for
+  # summing the k*k placed copies, whose padding the loop computes per element).
+  height, width = x.shape[1:3]
+  spread = jax.lax.optimization_barrier(jax.lax.pad(g, zero, (
+      (0, 0, 0), (k - 1 - top, height + top - (out_h - 1) * stride - 1, stride - 1),
+      (k - 1 - left, width + left - (out_w - 1) * stride - 1, stride - 1), (0, 0, 0))))
+  dx = None
+  for i in range(k):
+    for j in range(k):
+      term = jax.lax.slice(spread, (0, i, j, 0), (x.shape[0], i + height, j + width, x.shape[3])) * kernel[
+          k - 1 - i, k - 1 - j, 0]
+      dx = term if dx is None else dx + term
+  return dx, dkernel
 
 
 _depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
