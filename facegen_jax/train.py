@@ -149,7 +149,8 @@ class Programs:
     self.state_sharding = state_shardings(self.abstract_state, self.mesh)
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     self.replicated = NamedSharding(self.mesh, P())
-    self.init = compile_lib.jit(init_fn, out_shardings=self.state_sharding)
+    # Init runs once per job: compiled at XLA:CPU's lowest optimisation (tiny DCGAN 4.0 -> 2.3 CPU-s to compile).
+    self.init = compile_lib.jit(init_fn, out_shardings=self.state_sharding, run_once=True)
     self.step = compile_lib.jit(_guarded_step(self.family, config, self.train_key, self.mesh),
                                 in_shardings=(self.state_sharding, self.batch_sharding),
                                 out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)

@@ -12,11 +12,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Many tests compile the same tiny steps, in this process and in subprocesses: share the compiled programs.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "facegen_jax_test_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# The suite's time is mostly XLA compiles of tiny programs that then run a few steps. LLVM at -O1 instead of the
-# default -O2 compiles them ~30 % faster with the same run time (TFill's tiny contract, quiet machine: init 45 -> 19 s,
-# step 55 -> 41 s, a step 0.57 vs 0.55 s; -O0 compiled faster still but ran 2.3x slower). Tests only: the
-# library and its benchmarks keep XLA's defaults.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
+# The suite's time is mostly XLA compiles of tiny programs that then run a few steps, so it runs LLVM at -O0
+# (XLA's default is -O2). Quiet machine, CPU seconds, -O1 -> -O0: SPADE's tiny step compiles in 60 -> 30 and runs
+# 0.29 -> 0.35 per step; TFill's 58 -> 36 and 1.14 -> 2.41. Tests whose programs run long (Inception features,
+# many steps) are marked `optimised`: the library's programs (compile.jit) then get -O1 back (test_fid.py: 107 s at
+# -O0, 75 s at -O1). Tests only: the library and its benchmarks keep XLA's defaults.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
@@ -51,6 +52,25 @@ def run_main(*args, env=None, timeout=600, check=True):
   if check and result.returncode != 0:
     raise AssertionError(f"main exited {result.returncode}:\n{result.stderr[-4000:]}")
   return result
+
+
+def _optimise_if_marked(node, monkeypatch):
+  if node.get_closest_marker("optimised"):
+    from facegen_jax import compile as compile_lib  # pylint: disable=g-import-not-at-top
+    monkeypatch.setitem(compile_lib.CPU_COMPILER_OPTIONS, "xla_backend_optimization_level", 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _optimised_module(request):
+  """`pytestmark = pytest.mark.optimised`: for the module's fixtures too (built before function fixtures)."""
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    _optimise_if_marked(request.node, monkeypatch)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _optimised_test(request, monkeypatch):
+  _optimise_if_marked(request.node, monkeypatch)
 
 
 @pytest.fixture

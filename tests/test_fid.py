@@ -25,6 +25,8 @@ from input_pipeline import synthetic
 from tests import fid_weights
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.optimised  # Inception at 299 px: the features run long
+
 
 def _faces(n=8, resolution=64):
   return np.stack([synthetic.render(0, i, resolution)["image"] for i in range(n)])

@@ -274,10 +274,11 @@ def _short_run_config():
 
 
 @pytest.mark.slow  # 56 s at load 6 on 2 cores
+@pytest.mark.optimised  # 40 steps
 def test_hole_l1_falls_in_a_short_run():
   config = _short_run_config()
   state = _jit(functools.partial(families.init_state, config))(jax.random.key(0))
-  step = jax.jit(functools.partial(tfill.train_step, config), donate_argnums=0)
+  step = compile_lib.jit(functools.partial(tfill.train_step, config), donate_argnums=0)
   iterator = pipeline.create_train_iterator(config.input, seed=0, global_batch_size=config.batch_size)
   hole_l1 = []
   for i in range(40):

@@ -40,6 +40,7 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
+from facegen_jax import compile as compile_lib
 from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax import state as state_lib
@@ -265,8 +266,8 @@ class Evaluator:
     self._variables = jax.device_put(inception.load_params(weights), NamedSharding(mesh, P()))
     self._features = fid.feature_fn(mesh)
     self._data_sharding = NamedSharding(mesh, P("data"))
-    self._generate = jax.jit(self._generate_uint8, static_argnums=(2, 3),
-                             out_shardings=(self._data_sharding, NamedSharding(mesh, P())))
+    self._generate = compile_lib.jit(self._generate_uint8, static_argnums=(2, 3),
+                                     out_shardings=(self._data_sharding, NamedSharding(mesh, P())))
     self._real: dict[str, fid.Statistics] = {}
 
   def _cap_to_heldout(self, e: ml_collections.ConfigDict, domains: list[str]) -> None:
