@@ -151,10 +151,12 @@ def test_depthwise_taps_equal_the_grouped_convolution(kernel, stride, pad):
 
 def test_remat_changes_nothing_but_memory():
   # Eval mode: train-mode BN at 1x1 maps of 2 examples is too ill-conditioned to compare two float orders.
-  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+  # Drawn with numpy: a jax.random call per parameter shape compiled one program per shape, eagerly.
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   variables = efficientnet.abstract_variables("efficientnet-b0", 4)
-  variables = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape) * 0.3, variables)
-  variables["batch_stats"] = jax.tree.map(lambda v: 1 + jnp.abs(v), variables["batch_stats"])
+  variables = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.3).astype(np.float32), variables)
+  variables["batch_stats"] = jax.tree.map(lambda v: 1 + np.abs(v), variables["batch_stats"])
 
   def grads(remat):
     module = efficientnet.EfficientNet("efficientnet-b0", 4, remat=remat)

@@ -113,7 +113,7 @@ def test_ssuper_dcgan_single_backward_gives_d_the_g_loss_gradient():
   One tiny step each, compiled at XLA's lowest optimisation."""
   config = tiny_config("ssuper_dcgan")
   family = families.get_family("ssuper_dcgan")
-  state = families.init_state(config, jax.random.key(0))
+  state = compile_lib.jit(functools.partial(families.init_state, config), run_once=True)(jax.random.key(0))
   batch = next(pipeline.create_train_iterator(config.input, seed=0, global_batch_size=config.batch_size))
   steps = {}
   for flag in (False, True):
@@ -150,7 +150,7 @@ def test_init_loads_the_backbones_imagenet_weights(tmp_path):
 
 def _run_directory(tmp_path, name: str):
   config = tiny_config(name)
-  state = families.init_state(config, jax.random.key(0))
+  state = compile_lib.jit(functools.partial(families.init_state, config), run_once=True)(jax.random.key(0))
   workdir = tmp_path / f"{name}_run"
   rundir.save_state(workdir, config, jax.device_get(state))
   return workdir, config, state
@@ -168,8 +168,8 @@ def test_generate_prior_samples_and_reconstructions(tmp_path):
   assert generate.main(["--workdir", str(workdir), "--images", str(faces), "--out", str(tmp_path / "recon"),
                         "--save_raw"]) == 0
   x = np.stack([np.asarray(_read_png(faces / f"{n}.png"), np.float32) / 127.5 - 1 for n in "ab"])
-  want = shared.vae_network(config).apply({"params": state.params["vae"], **state.collections["vae"]}, x,
-                                          train=False).image
+  reconstruct = jax.jit(lambda variables, x: shared.vae_network(config).apply(variables, x, train=False).image)
+  want = reconstruct({"params": state.params["vae"], **state.collections["vae"]}, x)
   got = np.stack([np.load(tmp_path / "recon" / f"{n}.npy") for n in "ab"])
   np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -190,7 +190,9 @@ def test_generate_completes_panels_and_pastes(tmp_path):
   source = panels_lib.FolderPanels(str(seq_dir), num_panels=3, panel_size=config.input.panels.panel_size,
                                    face_size=32, faces=False)
   panels = np.stack([source[i]["panels"] for i in range(len(ids))]).astype(np.float32) / 127.5 - 1
-  want = families.get_family("ssupervae").generate(config, state, {"panels": panels}, jax.random.key(0))["face"]
+  complete = jax.jit(lambda state, panels: families.get_family("ssupervae").generate(
+      config, state, {"panels": panels}, jax.random.key(0))["face"])
+  want = complete(state, panels)
   np.testing.assert_allclose(np.stack([np.load(out / f"{i}.npy") for i in ids]), want, atol=1e-5)
   boxes = json.loads((seq_dir / "boxes.json").read_text())
   for i in ids:
