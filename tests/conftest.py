@@ -1,5 +1,6 @@
 """Shared test set-up: CPU only, the repo root importable, helpers to build tiny configs and run main."""
 
+import functools
 import importlib
 import os
 import pathlib
@@ -36,6 +37,15 @@ def tiny_config(family: str, /, **overrides):
       node = node[parent]
     node[leaf] = value
   return config
+
+
+def init_state(config, seed: int = 0):
+  """families.init_state(config, key(seed)) as one program compiled at -O0 (called eagerly, each leaf shape of a
+  family's init compiles a program of its own)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from facegen_jax import compile as compile_lib  # pylint: disable=g-import-not-at-top
+  from facegen_jax import families  # pylint: disable=g-import-not-at-top
+  return compile_lib.jit(functools.partial(families.init_state, config), run_once=True)(jax.random.key(seed))
 
 
 def device_env(devices: int, **extra) -> dict[str, str]:

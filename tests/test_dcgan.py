@@ -12,7 +12,7 @@ from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax.families import common
 from facegen_jax.families import dcgan
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, init_state, tiny_config
 
 
 def test_parameter_counts_match_the_pytorch_original():
@@ -38,7 +38,7 @@ def test_shapes(size):
 
 def test_init_follows_weights_init():
   config = dcgan_config.get_config()
-  state = jax.jit(functools.partial(families.init_state, config))(jax.random.key(0))
+  state = init_state(config)
   kernel = np.asarray(state.params["g"]["ConvTranspose_1"]["kernel"])
   assert abs(kernel.std() - 0.02) < 0.001 and abs(kernel.mean()) < 0.001
   scale = np.asarray(state.params["g"]["BatchNorm_1"]["scale"])
@@ -68,7 +68,7 @@ def test_training_moves_samples_toward_the_data():
   iterator = pipeline.create_train_iterator(config.input, seed=0, global_batch_size=16)
   batches = [{"image": jnp.asarray(next(iterator)["image"])} for _ in range(4)]
   real = jnp.concatenate([b["image"] for b in batches])
-  state = jax.jit(functools.partial(families.init_state, config))(jax.random.key(0))
+  state = init_state(config)
   step = jax.jit(functools.partial(dcgan.train_step, config))
   inputs = dcgan.sample_inputs(config, jax.random.key(1), None)
   sample = jax.jit(lambda state: dcgan.sample(config, state, inputs)["generated"])

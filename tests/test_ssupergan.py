@@ -29,6 +29,7 @@ from facegen_jax.families import ssupergan as shared
 from facegen_jax.nets import efficientnet
 from input_pipeline import panels as panels_lib
 from input_pipeline import pipeline
+from tests.conftest import init_state
 from tests.conftest import tiny_config
 
 
@@ -113,7 +114,7 @@ def test_ssuper_dcgan_single_backward_gives_d_the_g_loss_gradient():
   One tiny step each, compiled at XLA's lowest optimisation."""
   config = tiny_config("ssuper_dcgan")
   family = families.get_family("ssuper_dcgan")
-  state = compile_lib.jit(functools.partial(families.init_state, config), run_once=True)(jax.random.key(0))
+  state = init_state(config)
   batch = next(pipeline.create_train_iterator(config.input, seed=0, global_batch_size=config.batch_size))
   steps = {}
   for flag in (False, True):
@@ -150,7 +151,7 @@ def test_init_loads_the_backbones_imagenet_weights(tmp_path):
 
 def _run_directory(tmp_path, name: str):
   config = tiny_config(name)
-  state = compile_lib.jit(functools.partial(families.init_state, config), run_once=True)(jax.random.key(0))
+  state = init_state(config)
   workdir = tmp_path / f"{name}_run"
   rundir.save_state(workdir, config, jax.device_get(state))
   return workdir, config, state
