@@ -411,6 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   programs = Programs(config, mesh)
   rundir.save_config(paths.workdir, config)
+  rundir.set_array_saving()
   manager = ocp.CheckpointManager(
       rundir.checkpoint_dir(paths.workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,

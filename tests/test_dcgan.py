@@ -12,6 +12,7 @@ from facegen_jax import errors
 from facegen_jax import families
 from facegen_jax.families import common
 from facegen_jax.families import dcgan
+from tests import contract
 from tests.conftest import REPO, init_state, tiny_config
 
 
@@ -106,3 +107,13 @@ def test_generate_command_writes_images_from_a_run(tmp_path):
   result = subprocess.run(command + ["--step", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("facegen_jax.generate: error: no checkpoint for step 1")
+
+
+# --- the family contract (tests/contract.py) ---
+
+CONTRACT_FAMILIES = ("dcgan",)
+
+
+@pytest.mark.parametrize("name", CONTRACT_FAMILIES)
+def test_keeps_the_family_contract(name, tmp_path):
+  contract.check(tiny_config(name), tmp_path)

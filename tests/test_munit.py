@@ -1,7 +1,7 @@
 """The MUNIT / SATNet family (facegen_jax/families/munit.py): what the generic contract test does not see.
 
 The step-based tests share one compiled step, the tiny preset's (SATNet-shaped: attention, spectral norm, hinge,
-cycle, a random-init identity network), which is also the contract test's (tests/test_families.py), so the
+cycle, a random-init identity network), which is also the contract case at the end of this file, so the
 persistent compilation cache serves the second of them; the sample grid is the contract test's program too. The
 rest run single network calls eagerly at toy sizes.
 """
@@ -23,6 +23,7 @@ from facegen_jax.families import munit
 from facegen_jax.nets import sphereface
 from facegen_jax.nets import spectral_norm as sn_lib
 from input_pipeline import pipeline
+from tests import contract
 from tests.conftest import tiny_config
 
 _SPECTRAL = sn_lib.SPECTRAL_STATS
@@ -294,3 +295,14 @@ def test_the_evaluator_logs_the_mean_identity_cosine(trained, monkeypatch, tmp_p
 
 def _eval_rows(evaluator, count):
   return [rows["a/image"] for _, _, rows in evaluator._local_batches(count, ("a/image",), domain="a")]
+
+
+# --- the family contract (tests/contract.py) ---
+
+CONTRACT_FAMILIES = ("munit",)
+
+
+@pytest.mark.parametrize("name", CONTRACT_FAMILIES)
+def test_keeps_the_family_contract(name, tmp_path):
+  # The `trained` fixture's init and step: the persistent cache compiles them once for both.
+  contract.check(tiny_config(name), tmp_path)

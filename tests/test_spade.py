@@ -27,6 +27,7 @@ from facegen_jax import families
 from facegen_jax.families import common
 from facegen_jax.families import spade
 from input_pipeline import pipeline
+from tests import contract
 from tests.conftest import tiny_config
 
 # The tiny preset learning four faces: a wider D and 10x the original's learning rates, so colours move within
@@ -361,3 +362,15 @@ def test_generate_input_errors_name_the_problem(run, tmp_path, case, message):
     workdir = tmp_path / "nowhere"
   with pytest.raises(errors.UserError, match=re.escape(message)):
     generate.run(str(workdir), str(tmp_path / "out"), **options)
+
+
+# --- the family contract (tests/contract.py) ---
+
+CONTRACT_FAMILIES = ("spade",)
+
+
+@pytest.mark.parametrize("name", CONTRACT_FAMILIES)
+def test_keeps_the_family_contract(name, tmp_path):
+  # The `run` fixture's config and programs (train.Programs, as the loop builds them): compiled once for both.
+  assert name == "spade"
+  contract.check(_config(), tmp_path)

@@ -29,6 +29,7 @@ from facegen_jax.families import ssupergan as shared
 from facegen_jax.nets import efficientnet
 from input_pipeline import panels as panels_lib
 from input_pipeline import pipeline
+from tests import contract
 from tests.conftest import init_state
 from tests.conftest import tiny_config
 
@@ -312,3 +313,13 @@ def test_converted_ssuper_model_completes_as_the_original(tmp_path, model):
       want = reference.generator(mu[:, :, None, None])
   got = np.stack([np.load(tmp_path / "faces" / f"{n}.npy") for n in ("s0", "s1")])
   cases._close(got, cases._nhwc(want), rtol=1e-4)  # pylint: disable=protected-access
+
+
+# --- the family contract (tests/contract.py) ---
+
+CONTRACT_FAMILIES = ("intro_vae", "ssuper_dcgan", "ssupervae", "vae")
+
+
+@pytest.mark.parametrize("name", CONTRACT_FAMILIES)
+def test_keeps_the_family_contract(name, tmp_path):
+  contract.check(tiny_config(name), tmp_path)

@@ -22,6 +22,7 @@ from facegen_jax import rundir
 from facegen_jax.families import tfill
 from facegen_jax.families import tfill_refine
 from input_pipeline import pipeline
+from tests import contract
 from tests.conftest import tiny_config
 
 _jit = functools.partial(jax.jit, compiler_options=compile_lib.CPU_FAST_COMPILE_OPTIONS)
@@ -289,7 +290,7 @@ def test_hole_l1_falls_in_a_short_run():
 
 
 # The refine stage's frozen coarse group (no optimizer, no movement) and its trained g_ref / d_ref are checked by
-# tests/test_families.py's contract test of tfill_refine (every optimizer-less group must not move).
+# the contract case of tfill_refine at the end of this file (every optimizer-less group must not move).
 
 
 # --- inpaint at each image's own size ---
@@ -336,3 +337,13 @@ def test_attention_aware_gradients_stay_finite_under_jit():
   grads = jax.jit(jax.grad(lambda p, x, pre, m: jnp.sum(module.apply({"params": p}, x, pre, m) ** 2)))(
       params, x, pre, m)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+# --- the family contract (tests/contract.py) ---
+
+CONTRACT_FAMILIES = ("tfill", "tfill_refine")
+
+
+@pytest.mark.parametrize("name", CONTRACT_FAMILIES)
+def test_keeps_the_family_contract(name, tmp_path):
+  contract.check(tiny_config(name), tmp_path)

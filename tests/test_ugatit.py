@@ -1,7 +1,7 @@
 """U-GAT-IT / Face2webtoon's family (facegen_jax/families/ugatit.py): what the generic contract test does not see.
 
 The tests here share one compiled step, the tiny preset's (Face2webtoon-like: group heads, selective
-bottleneck, ADA), which is also the contract test's (tests/test_families.py), so the persistent compilation cache
+bottleneck, ADA), which is also the contract case at the end of this file, so the persistent compilation cache
 serves the second of them.
 """
 
@@ -21,13 +21,14 @@ from facegen_jax import translate
 from facegen_jax.families import ugatit
 from facegen_jax.nets import ugatit as nets
 from input_pipeline import pipeline
+from tests import contract
 from tests.conftest import tiny_config
 
 _SIZE = 32
 
 
 def _batch(config, group: int, seed: int):
-  """A batch as the pipeline gives it (so the step compiles as in tests/test_families.py), with new images and
+  """A batch as the pipeline gives it (so the step compiles as in the contract case below), with new images and
   every record in `group`."""
   batch = next(pipeline.create_train_iterator(config.input, seed=seed, global_batch_size=config.batch_size))
   return {**batch, "a/group": np.full_like(batch["a/group"], group), "b/group": np.full_like(batch["b/group"], group)}
@@ -192,3 +193,14 @@ def test_selective_without_groups_is_a_config_error():
   config = tiny_config("ugatit", bottleneck="selective", groups=())
   with pytest.raises(errors.ConfigError, match="needs grouped data"):
     ugatit.validate(config)
+
+
+# --- the family contract (tests/contract.py) ---
+
+CONTRACT_FAMILIES = ("ugatit",)
+
+
+@pytest.mark.parametrize("name", CONTRACT_FAMILIES)
+def test_keeps_the_family_contract(name, tmp_path):
+  # The `trained` fixture's init and step: the persistent cache compiles them once for both.
+  contract.check(tiny_config(name), tmp_path)

@@ -31,9 +31,9 @@ and optionally:
                                             eval/<name> (their mean over the eval samples); MUNIT/SATNet's
                                             identity cosine
 
-Every entry is checked by tests/test_families.py with its tiny preset: two jitted steps, step == 2, finite
-metrics, every trained group's parameters move and every frozen one does not, sample and generate shapes, and a
-run-directory round trip.
+Every entry is checked by tests/contract.py, from the family's own test file, with its tiny preset: two jitted
+steps, step == 2, finite metrics, every trained group's parameters move and every frozen one does not, sample and
+generate shapes, and a run-directory round trip.
 """
 
 from __future__ import annotations
