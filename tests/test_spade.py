@@ -177,29 +177,6 @@ def test_epochs_become_steps_and_follow_overrides():
   spade.validate(spade_config.get_config("cpu"))
 
 
-def test_vgg_term_runs_in_the_step(tmp_path, first_batch):
-  """With (random) VGG19 weights the compiled step reports g/vgg, equal to the perceptual loss of G's fake."""
-  from facegen_jax.nets import vgg  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  path = tmp_path / "vgg19.npz"
-  np.savez(path, **{f"{layer}/{kind}": rng.normal(0, 0.05, shape).astype(np.float32)
-                    for layer, shapes in vgg.expected_shapes().items() for kind, shape in shapes.items()})
-  config = tiny_config("spade", **{"loss_weights.vgg": 10.0, "vgg_weights": str(path)})
-  spade.validate(config)
-  state = jax.jit(functools.partial(families.init_state, config))(jax.random.key(0))
-  batch = jax.tree.map(jnp.asarray, first_batch)
-  stats = spade._stats(state.collections)
-  fake, _, _, _ = jax.jit(functools.partial(spade._generate, config))(
-      state.params["g"], stats, spade._one_hot(config, batch["label"]), batch["image"], None)
-  expected = jax.jit(vgg.perceptual_loss)(spade._vgg_params(str(path)), fake, batch["image"])  # one compile, not ~50
-  _, metrics = jax.jit(functools.partial(spade.train_step, config))(state, batch, jax.random.key(1))
-  assert set(metrics) == _METRICS | {"g/vgg"}
-  assert float(metrics["g/vgg"]) == pytest.approx(float(expected), rel=1e-4)
-  assert float(metrics["g/vgg"]) > 0
-  total = sum(float(metrics[f"g/{k}"]) * config.loss_weights[k] for k in ("gan", "feat", "vgg"))
-  assert float(metrics["g/loss"]) == pytest.approx(total, rel=1e-5)
-
-
 def _write_label_pngs(directory, labels) -> list:
   directory.mkdir(parents=True, exist_ok=True)
   paths = [directory / f"face{i}.png" for i in range(len(labels))]
@@ -208,18 +185,37 @@ def _write_label_pngs(directory, labels) -> list:
   return paths
 
 
-def test_vae_step_runs_and_style_images_steer_generation(first_batch, tmp_path):
-  """use_vae: two compiled steps move the encoder and report a finite KL; the saved run directory then
-  generates, and the style image (through the encoder) changes the output while the seed fixes it."""
-  config = tiny_config("spade", **{"model.use_vae": True})
+def test_vae_and_vgg_terms_run_in_the_step_and_style_images_steer_generation(first_batch, tmp_path):
+  """use_vae with (random) VGG19 weights, one compiled step for both terms: g/vgg equals the perceptual loss of
+  the fake that G made from the step's own encoder noise, two steps move the encoder with a finite KL; the saved
+  run directory then generates, and the style image (through the encoder) changes the output while the seed
+  fixes it."""
+  from facegen_jax.nets import vgg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  path = tmp_path / "vgg19.npz"
+  np.savez(path, **{f"{layer}/{kind}": rng.normal(0, 0.05, shape).astype(np.float32)
+                    for layer, shapes in vgg.expected_shapes().items() for kind, shape in shapes.items()})
+  config = tiny_config("spade", **{"model.use_vae": True, "loss_weights.vgg": 10.0, "vgg_weights": str(path)})
   spade.validate(config)
   state = jax.jit(functools.partial(families.init_state, config))(jax.random.key(0))
   before = _copy(state.params["g"]["encoder"])
-  step = jax.jit(functools.partial(spade.train_step, config))
   batch = jax.tree.map(jnp.asarray, first_batch)
+  # The G step's fake as train_step draws it: the reparameterization noise from the step key's "g_step" stream.
+  noise = jax.random.normal(common.step_rngs(jax.random.key(0), "g_step", "d_step")["g_step"],
+                            (batch["image"].shape[0], config.model.z_dim))
+  fake, _, _, _ = jax.jit(functools.partial(spade._generate, config))(
+      state.params["g"], spade._stats(state.collections), spade._one_hot(config, batch["label"]), batch["image"],
+      noise)
+  expected = jax.jit(vgg.perceptual_loss)(spade._vgg_params(str(path)), fake, batch["image"])  # one compile, not ~50
+  step = jax.jit(functools.partial(spade.train_step, config))
   for i in range(2):
     state, metrics = step(state, batch, jax.random.key(i))
-  assert set(metrics) == _METRICS | {"g/kld"}
+    if i == 0:
+      assert set(metrics) == _METRICS | {"g/kld", "g/vgg"}
+      assert float(metrics["g/vgg"]) == pytest.approx(float(expected), rel=1e-4)
+      assert float(metrics["g/vgg"]) > 0
+      total = sum(float(metrics[f"g/{k}"]) * config.loss_weights[k] for k in ("gan", "feat", "vgg", "kld"))
+      assert float(metrics["g/loss"]) == pytest.approx(total, rel=1e-5)
   assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
   assert float(metrics["g/kld"]) > 0
   after = _copy(state.params["g"]["encoder"])
