@@ -5,6 +5,8 @@ bottleneck, ADA), which is also the contract case at the end of this file, so th
 serves the second of them.
 """
 
+import importlib.util
+import json
 import re
 
 import jax
@@ -21,8 +23,9 @@ from facegen_jax import translate
 from facegen_jax.families import ugatit
 from facegen_jax.nets import ugatit as nets
 from input_pipeline import pipeline
+from input_pipeline import synthetic
 from tests import contract
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 
 _SIZE = 32
 
@@ -168,6 +171,32 @@ def test_translate_writes_images_and_heatmaps(trained, tmp_path, capsys):
   raw = np.load(tmp_path / "out" / "f0.npy")
   assert raw.shape == (_SIZE, _SIZE, 3) and np.abs(raw).max() <= 1.0
   capsys.readouterr()
+
+
+def test_translation_progress_scores_each_checkpoint_against_the_same_faces_toon(trained, tmp_path, capsys):
+  """benchmarks/translation_progress.py: per checkpoint, the a2b translations of held-out photos against the toon
+  of the same synthetic face (by hand here), after the untranslated photos' row."""
+  spec = importlib.util.spec_from_file_location("translation_progress",
+                                                REPO / "benchmarks" / "translation_progress.py")
+  progress = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(progress)
+  config, states, _ = trained
+  for step in (1, 3):
+    rundir.save_state(tmp_path / "run", config, states[step], step=step)
+  out = tmp_path / "progress"
+  capsys.readouterr()
+  assert progress.main(["--workdir", str(tmp_path / "run"), "--num", "3", "--first_index", "500", "--out", str(out),
+                        "--json"]) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+  assert [row["step"] for row in rows] == ["photos", "1", "3"]
+  unit = lambda image: image.astype(np.float32) / 127.5 - 1
+  photos = np.stack([unit(synthetic.render(0, i, _SIZE, "photo")["image"]) for i in range(500, 503)])
+  toons = np.stack([unit(synthetic.render(0, i, _SIZE, "toon")["image"]) for i in range(500, 503)])
+  assert rows[0]["paired_l1"] == pytest.approx(float(np.abs(photos - toons).mean()), rel=1e-5)
+  for row in rows[1:]:
+    translated = np.stack([np.load(out / f"step{row['step']}" / f"{i:05d}.npy") for i in range(3)])
+    assert row["paired_l1"] == pytest.approx(float(np.abs(translated - toons).mean()), rel=1e-5)
+  assert rows[1]["paired_l1"] != rows[2]["paired_l1"]
 
 
 def test_heatmap_image_is_jet_of_the_normalised_map():
