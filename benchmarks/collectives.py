@@ -1,7 +1,7 @@
 r"""Cross-device collectives per train step, from the compiled HLO: what data parallelism costs without a pod.
 
   python benchmarks/collectives.py [--devices 8] [--preset tiny] [--per_device_batch 1] [--family spade]
-                                   [--sources 12]
+                                   [--sources 12] [--jsonl]
 
 For each registered family (or --family): the family's config (configs/<family>.py, --preset as its get_config
 argument; '' = the paper's setup), a global batch of --per_device_batch x --devices with the shapes of one batch
@@ -45,6 +45,7 @@ all-reduces, only D's gradient (0.38x in the tiny preset).
 
 import collections
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -147,13 +148,14 @@ def collectives_in_loops(hlo_text: str) -> int:
   return sum(len(find_collectives(bodies[name])) for name in in_loops)
 
 
-_FAMILY = flags.DEFINE_string("family", None, "One family; default all of families.FAMILIES.")
+_FAMILY = flags.DEFINE_list("family", None, "Families (comma-separated); default all of families.FAMILIES.")
 _PRESET = flags.DEFINE_string("preset", "", "The config's preset ('' = the paper's setup, 'cpu', 'tiny').")
 _DEVICES = flags.DEFINE_integer("devices", 8, "Simulated CPU devices (read before JAX starts, unless XLA_FLAGS "
                                 "already sets --xla_force_host_platform_device_count).")
 _PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", 1, "Examples per device.")
 _SOURCES = flags.DEFINE_integer("sources", 0, "Also list the N largest collectives with the JAX operation each "
                                 "came from (HLO metadata), to see where the bytes go.")
+_JSONL = flags.DEFINE_bool("jsonl", False, "Also print each family's figures as one JSON line (`{\"family\": ...}`).")
 
 
 def abstract_batch(config, sharding) -> dict:
@@ -229,6 +231,10 @@ def _report(name: str) -> None:
           "counts above are per appearance, so they understate the step's collectives")
   if _SOURCES.value:
     _print_sources(found, _SOURCES.value)
+  if _JSONL.value:
+    print(json.dumps({"family": name, "preset": _PRESET.value, "devices": devices, "batch_size": config.batch_size,
+                      "g_bytes": g_bytes, "d_bytes": d_bytes, "in_loops": in_loops,
+                      "collectives": {kind: {"count": c, "bytes": b} for kind, (c, b) in counts.items()}}))
 
 
 def main(argv):
@@ -238,7 +244,7 @@ def main(argv):
   if jax.device_count() != _DEVICES.value:
     print(f"note: {jax.device_count()} devices, not --devices {_DEVICES.value}: "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r} already set the count")
-  for name in [_FAMILY.value] if _FAMILY.value else sorted(families.FAMILIES):
+  for name in _FAMILY.value or sorted(families.FAMILIES):
     _report(name)
 
 
