@@ -3,11 +3,12 @@
 The networks are `facegen_jax.nets.spade`. One step follows the original's `train.py` loop, which calls
 `run_generator_one_step` and then `run_discriminator_one_step` on the same batch (D_steps_per_G 1):
 
-1. G step: fake = G(label) in training mode; D sees concat(fake, real) along the batch (the original's
-   `discriminate`, one D call); loss = hinge G loss + feature matching + VGG (+ KL with `use_vae`); Adam on G
-   (and the encoder's parameters, which the original puts in optimizer_G).
+1. G step: fake = G(label) in training mode; D sees fake and real in one batch (the original's `discriminate`,
+   one D call on concat(fake, real); here interleaved, see `_discriminate`); loss = hinge G loss + feature
+   matching + VGG (+ KL with `use_vae`); Adam on G (and the encoder's parameters, which the original puts in
+   optimizer_G).
 2. D step: a fresh fake from the *updated* G (the original's `generate_fake` under no_grad), D on
-   concat(fake, real) again, hinge D loss, Adam on D.
+   fake and real again, hinge D loss, Adam on D.
 
 So per step G runs forward twice and D twice, all in training mode, and every spectral norm runs one power
 iteration per forward (two per step, for G, D and the encoder alike), and the sync-BN running statistics are
@@ -221,16 +222,23 @@ def _generate(config, g_params, stats, segmap, real, noise):
 
 
 def _discriminate(config, d_params, d_spectral, segmap, fake, real):
-  """One D call on concat(fake, real) -> (fake outputs, real outputs, updated spectral stats), per scale."""
+  """One D call on fake and real together -> (fake outputs, real outputs, updated spectral stats), per scale.
+
+  The original concatenates them (fake then real) along the batch. D is per example (instance norm, no batch
+  statistics), so the order within its batch changes nothing but where examples live: here each fake sits beside
+  its real (fake_0, real_0, fake_1, ...), so when the batch is split over devices every device keeps its own
+  pairs; concatenated, the fakes land on the first half of the devices and the reals on the second, and D's
+  input and every intermediate output (for feature matching) move between devices (benchmarks/collectives.py).
+  """
   _, discriminator, _ = _models(config)
-  d_params, segmaps, images = common.to_compute(
-      config, (d_params, jnp.concatenate([segmap, segmap]), jnp.concatenate([fake, real])))
+  pair = lambda a, b: jnp.stack([a, b], axis=1).reshape(2 * a.shape[0], *a.shape[1:])
+  d_params, segmaps, images = common.to_compute(config, (d_params, pair(segmap, segmap), pair(fake, real)))
   outputs, upd = discriminator.apply({"params": d_params, sn_lib.SPECTRAL_STATS: d_spectral}, segmaps, images,
                                      train=True, mutable=[sn_lib.SPECTRAL_STATS])
   outputs = common.to_float32(outputs)
-  n = fake.shape[0]
-  pred_fake = [[f[:n] for f in scale] for scale in outputs]
-  pred_real = [[f[n:] for f in scale] for scale in outputs]
+  unpair = lambda f, i: f.reshape(f.shape[0] // 2, 2, *f.shape[1:])[:, i]
+  pred_fake = [[unpair(f, 0) for f in scale] for scale in outputs]
+  pred_real = [[unpair(f, 1) for f in scale] for scale in outputs]
   return pred_fake, pred_real, upd.get(sn_lib.SPECTRAL_STATS, {})
 
 
