@@ -26,6 +26,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   # 150 epochs of CelebA at batch 128.
   config.num_train_steps = 150 * (_CELEBA_TRAIN_IMAGES // 128)
   config.model = ml_collections.ConfigDict(dict(image_size=64, nz=100, ngf=64, ndf=64, channels=3))
+  # D's init: "normal" is the DCGAN paper's N(0, 0.02) (BatchNorm scale N(1, 0.02)); "torch_default" is what the
+  # original's code does (weights_init applied to G only, so D keeps torch's default init).
+  config.model.d_init = "normal"
   config.optim.g = optim.config(name="adam", lr=2e-4, b1=0.5, b2=0.999)
   config.optim.d = optim.config(name="adam", lr=2e-4, b1=0.5, b2=0.999)
   config.gan_loss = "bce"

@@ -47,6 +47,18 @@ def test_init_follows_weights_init():
   assert "bias" not in state.params["g"]["ConvTranspose_1"]
 
 
+def test_d_init_torch_default_is_the_original_codes_d():
+  """model.d_init="torch_default": D's kernels U(+-1/sqrt(fan_in)) and BatchNorm scale 1, as torch leaves them."""
+  variables = dcgan.Discriminator(ndf=16, init_scheme="torch_default").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  kernel = np.asarray(variables["params"]["Conv_1"]["kernel"])  # 4 x 4 x 16 -> 32
+  bound = 1 / np.sqrt(4 * 4 * 16)
+  assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
+  assert abs(kernel.std() - bound / np.sqrt(3)) < 0.05 * bound
+  np.testing.assert_array_equal(variables["params"]["BatchNorm_0"]["scale"], np.ones(32))
+  with pytest.raises(errors.ConfigError, match="d_init must be one of normal, torch_default"):
+    dcgan.validate(tiny_config("dcgan", **{"model.d_init": "xavier"}))
+
+
 def test_bad_image_size_is_a_config_error():
   config = tiny_config("dcgan", **{"model.image_size": 48, "input.resolution": 48})
   with pytest.raises(errors.ConfigError, match="power of two"):

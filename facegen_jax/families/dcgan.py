@@ -3,8 +3,9 @@
 Generator: a 1x1 latent -> 4x4 by a 4x4 transposed conv, then stride-2 4x4 transposed convs (torch padding 1)
 halving the channels each time (ngf*8 ... ngf at 64 px) with BatchNorm + ReLU, and a last one to RGB + tanh.
 Discriminator: the mirror image, 4x4 stride-2 convs with BatchNorm (not after the first) + LeakyReLU(0.2), and a
-4x4 valid conv to one logit. No biases; weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02) as the original's
-`weights_init`. The loss is BCE: D on real (label 1) and a detached fake (label 0), then G against the updated D
+4x4 valid conv to one logit. No biases; weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02), the DCGAN paper's
+init and the original's `weights_init`, which the original applies to G only (its comment says all weights):
+D keeps torch's default init there, `model.d_init="torch_default"`. The loss is BCE: D on real (label 1) and a detached fake (label 0), then G against the updated D
 with the non-saturating loss. BatchNorm sees real and fake separately, as in the PyTorch loop's two D calls (here
 one call on the two batches interleaved, normalised apart: `Discriminator(groups=2)`), and is torch's (unbiased
 running variance, which eval-mode `generate` divides by).
@@ -30,6 +31,9 @@ from facegen_jax.nets import conv as conv_lib
 # torch's BatchNorm2d (momentum 0.1, eps 1e-5, unbiased running variance), scale ~ N(1, 0.02) as `weights_init`.
 _BatchNorm = functools.partial(batch_norm.BatchNorm, scale_init=common.normal_init(0.02, mean=1.0))
 _INIT = common.normal_init(0.02)
+D_INITS = ("normal", "torch_default")
+# torch's default Conv2d init, kaiming_uniform_(a=sqrt(5)): U(+-1 / sqrt(fan_in)); BatchNorm2d's scale is 1.
+_TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 _TORCH_PAD_0 = conv_lib.torch_transpose_padding(4, 0)
 _TORCH_PAD_1 = conv_lib.torch_transpose_padding(4, 1)
 
@@ -61,23 +65,32 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
   ndf: int = 64
+  init_scheme: str = "normal"  # One of D_INITS (config.model.d_init).
 
   @nn.compact
   def __call__(self, x, *, train: bool = True, groups: int = 1):
     """Logits (N,); `groups` > 1: x holds that many batches interleaved, each batch-normalised on its own (as
     separate calls, one after another)."""
+    if self.init_scheme == "normal":
+      kernel_init, norm = _INIT, _BatchNorm
+    else:
+      kernel_init, norm = _TORCH_KERNEL_INIT, batch_norm.BatchNorm
     n = _num_resamples(x.shape[1])
     for i in range(n):
       x = conv_lib.Conv(self.ndf * 2 ** i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
-                        kernel_init=_INIT)(x)
+                        kernel_init=kernel_init)(x)
       if i > 0:
-        x = _BatchNorm()(x, train=train, groups=groups)
+        x = norm()(x, train=train, groups=groups)
       x = nn.leaky_relu(x, 0.2)
-    x = conv_lib.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT)(x)
+    x = conv_lib.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=kernel_init)(x)
     return x.reshape(x.shape[0])  # Logits; the original's Sigmoid lives inside the BCE loss.
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+  d_init = config.model.get("d_init", "normal")
+  if d_init not in D_INITS:
+    raise errors.ConfigError(f"config.model.d_init must be one of {', '.join(D_INITS)}, got {d_init!r}: 'normal' "
+                             "is the DCGAN paper's N(0, 0.02), 'torch_default' the original code's D")
   size = config.model.image_size
   if size < 16 or size & (size - 1):
     raise errors.ConfigError(
@@ -91,7 +104,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _models(config):
   return (Generator(config.model.image_size, config.model.ngf, config.model.channels),
-          Discriminator(config.model.ndf))
+          Discriminator(config.model.ndf, config.model.get("d_init", "normal")))
 
 
 CONTRACT = families.Contract(
