@@ -16,29 +16,27 @@ gradient to reduce; what it would add to the other collectives is not measured.
 
 With replicated parameters and a split batch, a step's gradient all-reduces should move about the parameter
 bytes (XLA combines them into a few large tuple all-reduces; BatchNorm statistics and metrics add < 0.1 MiB).
-Measured (jax 0.10.2 CPU, 8 simulated devices, paper setups; MiB of results; compile times on 2 shared
-cores, varying with the load):
+Measured (jax 0.10.2 CPU, 8 simulated devices, paper setups, XLA's default optimisation; MiB of results; compile
+times on 2 cores shared with other jobs):
 
               batch/device  all-reduce        all-to-all   collective-permute  params G + D   compile
-  DCGAN-64    1 and 4        28    34.8 MiB   -            -                   13.6 + 10.6    6-9 / 16 s
-  SPADE-128   1              98   374.5 MiB   8    7.3     74   22.7           353.0 + 21.2   31-74 s
-  SPADE-128   4 (batch 32)   98   374.5 MiB   8   29.0     74   90.8           353.0 + 21.2   116 s
+  DCGAN-64    1 and 4        42    24.2 MiB   -            -                   13.6 + 10.6    20-23 s
+  SPADE-128   1 and 4        98   374.5 MiB   -            -                   353.0 + 21.2   109-110 s
 
-DCGAN's all-reduces are 1.44x its parameters: G's gradient (13.6 MiB) once, D's (10.6 MiB) twice. D is called
-on the real and on the fake batch separately (so BatchNorm sees them apart, as the original does), and the
-SPMD partitioner reduces each call's weight gradient across devices before the two are added; the CPU compiler
-does not reassociate all-reduce(a) + all-reduce(b) into all-reduce(a + b) (a minimal jax.grad of
-tanh(a @ w) + sin(b @ w) shows the same two reductions). XLA's GPU pipeline runs an AllReduceReassociate pass
-that may merge them there: not measured.
-SPADE's all-reduces are its parameters (1.00x): D runs once, on concat(fake, real). Its all-to-alls and
-collective-permutes are not gradients but activations: concatenating two batch-split arrays along the split axis
-puts all fakes on the first half of the devices and all reals on the second, so D's input is shuffled across
-devices (all-to-all, `concatenate`) and each D layer's output is moved back when split into its fake and real
-halves for feature matching (collective-permute, `slice`, and `pad` in the backward). They grow with the
-per-device batch (4x from 1 to 4 per device: +32% over the gradients at the paper's batch 32) and with the
-resolution. Interleaving instead (jnp.stack([fake, real], axis=1).reshape(2B, ...), outputs split by the same
-reshape) keeps each device's pairs local: tried in the tiny preset by patching spade._discriminate, it leaves
-the 98 all-reduces and no all-to-all or collective-permute.
+Both reduce each parameter's gradient once (1.00x). What changed, and what the numbers were before:
+- DCGAN's D used to be called on the real and the fake batch separately (so BatchNorm sees them apart, as the
+  original does), and one earlier measurement found 28 all-reduces of 34.8 MiB, 1.44x: D's weight gradient
+  reduced once per call. Later compiles of that same code gave 42 all-reduces at 1.00x (XLA combined the two),
+  so the reduction count depended on the compiler's passes, not on the program. D now judges real and fake in one
+  call, interleaved and batch-normalised apart (`BatchNorm(groups=2)`), so the program holds one D weight
+  gradient; tests/test_collectives_benchmark.py asserts the 1.00x.
+- SPADE's D used to see concat(fake, real): with the batch split over devices that puts all fakes on the first
+  half of the devices and all reals on the second, so D's input is shuffled across devices and each layer's
+  output (kept for feature matching) moved back when split into its halves. An earlier CPU compile showed 8
+  all-to-all + 74 collective-permutes (30 MiB at batch 32); this jax's CPU compiles show none for the same code,
+  but the tiny step compiled for TPU v5e:2x2 (benchmarks/tpu_aot.py) still had 103 collective-permutes. Fake
+  and real are now interleaved (fake_0, real_0, fake_1, ...; spade._discriminate), so every device keeps its own
+  pairs: none on CPU or TPU (tests/test_tpu_aot.py asserts it).
 Before common.shard_over_batch, DCGAN's z was replicated and every device ran G on the whole batch: 5
 all-reduces, only D's gradient (0.38x in the tiny preset).
 """
