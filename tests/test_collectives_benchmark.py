@@ -105,9 +105,9 @@ def test_a_sum_over_the_split_axis_is_one_all_reduce_of_its_size():
 def test_dcgan_reduces_each_gradient_once_on_eight_devices():
   """benchmarks/collectives.py on DCGAN-64 (the paper setup), 4 examples per device, at XLA's default
   optimisation (what training runs; the suite's -O0 happens to hide the difference): the all-reduces carry each
-  parameter's gradient once, plus BatchNorm statistics and metrics (measured 1.00x the parameter bytes). It
-  guards the target rather than the one-D-call change: one compile of the earlier two-call D reduced D's weight
-  gradient once per call (1.44x), later compiles of it combined them (1.00x), so it passes on that code too."""
+  parameter's gradient once, plus BatchNorm statistics and metrics (measured 1.00x the parameter bytes). D is
+  called on real and fake apart; one earlier compile reduced D's weight gradient once per call (1.44x), this
+  jax combines the two."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
   result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "collectives.py"), "--family", "dcgan",
                            "--per_device_batch", "4", "--jsonl"], cwd=REPO, env=env, capture_output=True, text=True,

@@ -120,38 +120,6 @@ def test_batch_norm_is_torchs():
   np.testing.assert_allclose(y_frozen.reshape(-1, 6), (x64 - mean) / np.sqrt(var + 1e-5) * scale + bias, atol=1e-5)
 
 
-def test_grouped_batch_norm_equals_one_call_per_batch():
-  """groups=2 on two interleaved batches (DCGAN's D on real and fake): the outputs, the running statistics and
-  the parameter gradients of two calls one after another."""
-  rng = np.random.default_rng(1)
-  real, fake = rng.normal(1.0, 2.0, (3, 2, 2, 5)), rng.normal(-0.5, 0.5, (3, 2, 2, 5))
-  real, fake = real.astype(np.float32), fake.astype(np.float32)
-  module = ssupergan.BatchNorm()
-  params = {"scale": rng.normal(1, 0.3, 5).astype(np.float32), "bias": rng.normal(0, 0.3, 5).astype(np.float32)}
-  stats = {"mean": rng.normal(0, 1, 5).astype(np.float32), "var": rng.uniform(0.5, 2, 5).astype(np.float32)}
-  weights = rng.normal(0, 1, (2, 3, 2, 2, 5)).astype(np.float32)  # a loss that weighs every output differently
-
-  def separate(params):
-    y_real, upd = module.apply({"params": params, "batch_stats": stats}, real, train=True, mutable=["batch_stats"])
-    y_fake, upd = module.apply({"params": params, "batch_stats": upd["batch_stats"]}, fake, train=True,
-                               mutable=["batch_stats"])
-    return (y_real * weights[0]).sum() + (y_fake * weights[1]).sum(), (y_real, y_fake, upd["batch_stats"])
-
-  def grouped(params):
-    pairs = np.stack([real, fake], axis=1).reshape(6, 2, 2, 5)
-    y, upd = module.apply({"params": params, "batch_stats": stats}, pairs, train=True, groups=2,
-                          mutable=["batch_stats"])
-    y_real, y_fake = y[0::2], y[1::2]
-    return (y_real * weights[0]).sum() + (y_fake * weights[1]).sum(), (y_real, y_fake, upd["batch_stats"])
-
-  (_, want), want_grad = jax.value_and_grad(separate, has_aux=True)(params)
-  (_, got), got_grad = jax.value_and_grad(grouped, has_aux=True)(params)
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), got, want)
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), got_grad, want_grad)
-  with pytest.raises(ValueError, match="does not split into 2"):
-    module.apply({"params": params, "batch_stats": stats}, real, train=True, groups=2)
-
-
 def _lstm_case(seed=0, *, hidden=6, layers=2, bidirectional=True, embed=5, batch=3, steps=4):
   torch = pytest.importorskip("torch", reason="the reference is torch.nn.LSTM: see requirements-test.txt")
   torch.manual_seed(seed)

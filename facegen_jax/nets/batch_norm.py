@@ -26,11 +26,7 @@ class BatchNorm(nn.Module):
   scale_init: nn.initializers.Initializer = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool, groups: int = 1) -> jax.Array:
-    """`groups` > 1 (training): x holds that many batches interleaved along axis 0 (example i of batch g at row
-    i * groups + g), each normalised by its own statistics, and the running statistics move once per batch in
-    order, as that many calls one after another would (one call keeps a batch-split input on its devices: a GAN's
-    D judges real and fake apart with one weight-gradient reduction, benchmarks/collectives.py)."""
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     channels = x.shape[-1]
     scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
@@ -39,20 +35,15 @@ class BatchNorm(nn.Module):
     dtype = x.dtype
     x = x.astype(jnp.promote_types(dtype, jnp.float32))
     if train:
-      if x.shape[0] % groups:
-        raise ValueError(f"a batch of {x.shape[0]} does not split into {groups} interleaved batches")
-      grouped = x.reshape(x.shape[0] // groups, groups, *x.shape[1:])
-      axes = (0, *range(2, grouped.ndim - 1))
-      mean = grouped.mean(axis=axes, keepdims=True)  # (1, groups, 1, ..., C)
-      var = jnp.square(grouped - mean).mean(axis=axes, keepdims=True)
+      axes = tuple(range(x.ndim - 1))
+      mean = x.mean(axis=axes)
+      var = jnp.square(x - mean).mean(axis=axes)
       if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-        count = x.size // (channels * groups)
-        for g in range(groups):
-          running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean[0, g].reshape(-1)
-          running_var.value = ((1 - self.momentum) * running_var.value
-                               + self.momentum * var[0, g].reshape(-1) * (count / max(count - 1, 1)))
-      factor = scale * jax.lax.rsqrt(var + self.epsilon)
-      return (grouped * factor + (bias - mean * factor)).reshape(x.shape).astype(dtype)
-    mean, var = running_mean.value, running_var.value
+        count = x.size // channels
+        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+        running_var.value = ((1 - self.momentum) * running_var.value
+                             + self.momentum * var * (count / max(count - 1, 1)))
+    else:
+      mean, var = running_mean.value, running_var.value
     factor = scale * jax.lax.rsqrt(var + self.epsilon)
     return (x * factor + (bias - mean * factor)).astype(dtype)
