@@ -105,9 +105,9 @@ def test_a_sum_over_the_split_axis_is_one_all_reduce_of_its_size():
 def test_dcgan_reduces_each_gradient_once_on_eight_devices():
   """benchmarks/collectives.py on DCGAN-64 (the paper setup), 4 examples per device, at XLA's default
   optimisation (what training runs; the suite's -O0 happens to hide the difference): the all-reduces carry each
-  parameter's gradient once, plus BatchNorm statistics and metrics (measured 1.00x the parameter bytes). D is
-  called on real and fake apart; one earlier compile reduced D's weight gradient once per call (1.44x), this
-  jax combines the two."""
+  parameter's gradient once, plus BatchNorm statistics and metrics (measured 1.00x the parameter bytes). With D
+  called on real and fake apart, some compiles reduced D's weight gradient once per call (1.44x; failed here on
+  2026-12-02 on a loaded machine): D now judges both in one call."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
   result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "collectives.py"), "--family", "dcgan",
                            "--per_device_batch", "4", "--jsonl"], cwd=REPO, env=env, capture_output=True, text=True,

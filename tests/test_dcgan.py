@@ -59,6 +59,38 @@ def test_d_init_torch_default_is_the_original_codes_d():
     dcgan.validate(tiny_config("dcgan", **{"model.d_init": "xavier"}))
 
 
+def test_grouped_batch_norm_equals_two_flax_calls():
+  """D's BatchNorm on real and fake interleaved (groups=2) = flax's nn.BatchNorm called on real, then on fake: the
+  outputs, the running statistics and the parameter gradients."""
+  rng = np.random.default_rng(1)
+  real = rng.normal(1.0, 2.0, (3, 2, 2, 5)).astype(np.float32)
+  fake = rng.normal(-0.5, 0.5, (3, 2, 2, 5)).astype(np.float32)
+  params = {"scale": rng.normal(1, 0.3, 5).astype(np.float32), "bias": rng.normal(0, 0.3, 5).astype(np.float32)}
+  stats = {"mean": rng.normal(0, 1, 5).astype(np.float32), "var": rng.uniform(0.5, 2, 5).astype(np.float32)}
+  weights = rng.normal(0, 1, (2, 3, 2, 2, 5)).astype(np.float32)  # a loss that weighs every output differently
+  flax_norm, grouped_norm = dcgan._BatchNorm(use_running_average=False), dcgan._BatchNormGroups()
+
+  def separate(params):
+    y_real, upd = flax_norm.apply({"params": params, "batch_stats": stats}, real, mutable=["batch_stats"])
+    y_fake, upd = flax_norm.apply({"params": params, "batch_stats": upd["batch_stats"]}, fake,
+                                  mutable=["batch_stats"])
+    return (y_real * weights[0]).sum() + (y_fake * weights[1]).sum(), (y_real, y_fake, upd["batch_stats"])
+
+  def grouped(params):
+    pairs = np.stack([real, fake], axis=1).reshape(6, 2, 2, 5)
+    y, upd = grouped_norm.apply({"params": params, "batch_stats": stats}, pairs, use_running_average=False,
+                                groups=2, mutable=["batch_stats"])
+    return (y[0::2] * weights[0]).sum() + (y[1::2] * weights[1]).sum(), (y[0::2], y[1::2], upd["batch_stats"])
+
+  (_, want), want_grad = jax.value_and_grad(separate, has_aux=True)(params)
+  (_, got), got_grad = jax.value_and_grad(grouped, has_aux=True)(params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), got, want)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), got_grad, want_grad)
+  eval_want = flax_norm.clone(use_running_average=True).apply({"params": params, "batch_stats": stats}, real)
+  eval_got = grouped_norm.apply({"params": params, "batch_stats": stats}, real, use_running_average=True)
+  np.testing.assert_allclose(eval_got, eval_want, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_image_size_is_a_config_error():
   config = tiny_config("dcgan", **{"model.image_size": 48, "input.resolution": 48})
   with pytest.raises(errors.ConfigError, match="power of two"):

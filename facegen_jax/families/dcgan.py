@@ -7,8 +7,8 @@ Discriminator: the mirror image, 4x4 stride-2 convs with BatchNorm (not after th
 init and the original's `weights_init`, which the original applies to G only (its comment says all weights), so
 its D keeps torch's default init: `model.d_init="torch_default"`. The loss is BCE: D on real (label 1) and a
 detached fake (label 0), then G against the updated D with the non-saturating loss, each D call on its own batch
-so BatchNorm sees real and fake separately, as the PyTorch loop does. (One D call on both, normalised apart, was
-tried: no fewer all-reduces on this jax, and torch-semantics BatchNorm made the CPU step 8 % slower.)
+so BatchNorm sees real and fake separately, as the PyTorch loop does (here one D call on the two interleaved,
+normalised apart: `_BatchNormGroups`).
 """
 
 import functools
@@ -31,6 +31,37 @@ _BatchNorm = functools.partial(
     nn.BatchNorm, momentum=0.9, epsilon=1e-5,  # torch's momentum 0.1 is flax's 0.9.
     scale_init=common.normal_init(0.02, mean=1.0))
 _INIT = common.normal_init(0.02)
+
+
+class _BatchNormGroups(nn.Module):
+  """flax's nn.BatchNorm as _BatchNorm configures it (same variables, statistics and running-average update), over
+  `groups` batches interleaved along axis 0 (row i * groups + g is example i of batch g): each batch normalised by
+  its own statistics and the running averages moved once per batch in order, as that many calls one after another.
+  Hand-written because flax's layer normalises one batch per call, and D's two calls (real, fake) made XLA reduce
+  D's weight gradient across devices once per call in some compiles (benchmarks/collectives.py)."""
+  scale_init: nn.initializers.Initializer = _BatchNorm.keywords["scale_init"]
+
+  @nn.compact
+  def __call__(self, x, *, use_running_average: bool, groups: int = 1):
+    channels = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    momentum, epsilon = _BatchNorm.keywords["momentum"], _BatchNorm.keywords["epsilon"]
+    dtype, x = x.dtype, x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if use_running_average:
+      return ((x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + epsilon) * scale) + bias).astype(dtype)
+    grouped = x.reshape(x.shape[0] // groups, groups, *x.shape[1:])
+    axes = (0, *range(2, grouped.ndim - 1))
+    mean = grouped.mean(axes, keepdims=True)  # (1, groups, 1, ..., C), as flax: E[x^2] - E[x]^2, clipped at 0.
+    var = jnp.maximum(0.0, jnp.square(grouped).mean(axes, keepdims=True) - jnp.square(mean))
+    if not self.is_initializing():
+      for g in range(groups):
+        ra_mean.value = momentum * ra_mean.value + (1 - momentum) * mean[0, g].reshape(-1)
+        ra_var.value = momentum * ra_var.value + (1 - momentum) * var[0, g].reshape(-1)
+    y = (grouped - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+    return y.reshape(x.shape).astype(dtype)
 D_INITS = ("normal", "torch_default")
 # torch's default Conv2d init, kaiming_uniform_(a=sqrt(5)): U(+-1 / sqrt(fan_in)); BatchNorm2d's scale is 1.
 _TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -68,16 +99,17 @@ class Discriminator(nn.Module):
   init_scheme: str = "normal"  # One of D_INITS (config.model.d_init).
 
   @nn.compact
-  def __call__(self, x, *, train: bool = True):
+  def __call__(self, x, *, train: bool = True, groups: int = 1):
+    """Logits (N,); `groups` > 1: x holds that many batches interleaved, each batch-normalised on its own."""
     torch_default = self.init_scheme == "torch_default"
     kernel_init = _TORCH_KERNEL_INIT if torch_default else _INIT
-    norm = functools.partial(_BatchNorm, scale_init=nn.initializers.ones) if torch_default else _BatchNorm
+    scale_init = nn.initializers.ones if torch_default else _BatchNorm.keywords["scale_init"]
     n = _num_resamples(x.shape[1])
     for i in range(n):
       x = conv_lib.Conv(self.ndf * 2 ** i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
                         kernel_init=kernel_init)(x)
       if i > 0:
-        x = norm(use_running_average=not train)(x)
+        x = _BatchNormGroups(scale_init, name=f"BatchNorm_{i - 1}")(x, use_running_average=not train, groups=groups)
       x = nn.leaky_relu(x, 0.2)
     x = conv_lib.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=kernel_init)(x)
     return x.reshape(x.shape[0])  # Logits; the original's Sigmoid lives inside the BCE loss.
@@ -149,9 +181,9 @@ def train_step(config: ml_collections.ConfigDict, state: state_lib.TrainState, b
                                 to_compute(z), mutable=["batch_stats"])
     return common.to_float32(fake), upd["batch_stats"]
 
-  def d_forward(d_params, d_stats, x):
+  def d_forward(d_params, d_stats, x, groups=1):
     logits, upd = discriminator.apply({"params": to_compute(d_params), "batch_stats": d_stats}, to_compute(x),
-                                      mutable=["batch_stats"])
+                                      groups=groups, mutable=["batch_stats"])
     return common.to_float32(logits), upd
 
   # One G forward serves both updates, as in the PyTorch loop: D sees it detached, G's gradient is pulled back
@@ -159,9 +191,11 @@ def train_step(config: ml_collections.ConfigDict, state: state_lib.TrainState, b
   fake, g_vjp, g_stats = jax.vjp(g_forward, state.params["g"], has_aux=True)
 
   def d_loss_fn(d_params):
-    d_stats = state.collections["d"]["batch_stats"]
-    real_logits, upd = d_forward(d_params, d_stats, real)
-    fake_logits, upd = d_forward(d_params, upd["batch_stats"], fake)
+    # One D call on real and fake interleaved, normalised apart (the original's two calls' statistics): with the
+    # batch split over devices the pairs stay on their devices and D's weight gradient is one sum to reduce.
+    pairs = jnp.stack([real, fake], axis=1).reshape(2 * real.shape[0], *real.shape[1:])
+    logits, upd = d_forward(d_params, state.collections["d"]["batch_stats"], pairs, groups=2)
+    real_logits, fake_logits = logits[0::2], logits[1::2]
     loss = losses.discriminator_loss(config.gan_loss, real_logits=real_logits, fake_logits=fake_logits)
     return loss, (upd["batch_stats"], real_logits, fake_logits)
 
