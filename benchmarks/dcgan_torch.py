@@ -35,13 +35,11 @@ Stand-ins, for what the imports need but the iteration never uses:
 """
 
 import argparse
-import ast
 import contextlib
 import io
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,24 +62,6 @@ _EXPECTED_PARAMS = {"G": 3_576_704, "D": 2_765_568}  # tests/test_dcgan.py's cou
 _SETTINGS = dict(ngpu=1, image_size=64, nc=3, nz=100, ngf=64, ndf=64, lr=2e-4, beta1=0.5, epochs=150)
 
 
-def _check_checkout(repo: str, parser) -> str:
-  """One line saying which version of the original runs; refuses a checkout after the networks refactor."""
-  missing = [p for p in ("networks/dcgan.py", "training/dcgan_trainer.py")
-             if not os.path.isfile(os.path.join(repo, p))]
-  if missing:
-    parser.error(f"--ssupergan_repo {repo} has no {', '.join(missing)}: give a checkout of "
-                 f"https://github.com/barisbatuhan/SSuperGAN at {COMMIT} (the networks refactor after it deleted "
-                 "networks/dcgan.py)")
-  head = subprocess.run(["git", "-C", repo, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True)
-  where = f"HEAD {head.stdout.strip()}" if head.returncode == 0 else "not a git checkout"
-  blob_id = ssupergan_torch._blob_id  # pylint: disable=protected-access
-  changed = [p for p, blob in _BLOBS.items()
-             if not os.path.isfile(os.path.join(repo, p)) or blob_id(os.path.join(repo, p)) != blob]
-  if changed:
-    return f"SSuperGAN ({where}): NOT {COMMIT}'s code, these files differ from it: {', '.join(changed)}"
-  return f"SSuperGAN ({where}): the {len(_BLOBS)} files the iteration runs are {COMMIT}'s"
-
-
 def _stand_ins(repo: str, base_dir: str) -> dict:
   """ssupergan_torch.py's stand-ins plus the two submodules DCGAN's imports name."""
   modules = ssupergan_torch._stand_ins(repo, base_dir)  # pylint: disable=protected-access
@@ -90,37 +70,6 @@ def _stand_ins(repo: str, base_dir: str) -> dict:
   functional = module("torchvision.transforms.functional")
   modules["torchvision.transforms.functional"] = modules["torchvision.transforms"].functional = functional
   return modules
-
-
-def _iteration_fn(trainer_py: str, namespace: dict):
-  """`(self, x) -> (error_D, error_G)`: the statements of DCGANTrainer.train_epochs's batch loop from _FIRST
-  through _LAST, compiled from the checkout's source in the dcgan_trainer module's namespace."""
-  with open(trainer_py) as f:
-    source = f.read()
-  tree = ast.parse(source)
-  train_epochs = next((node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
-                       and node.name == "train_epochs"), None)
-  # The batch loop is the one inside the epoch loop whose body holds _LAST.
-  loops = [node for node in ast.walk(train_epochs) if isinstance(node, ast.For)] if train_epochs else []
-  texts, body = [], []
-  for loop in loops:
-    texts = [ast.get_source_segment(source, stmt).strip() for stmt in loop.body]
-    if _LAST in texts:
-      body = loop.body
-      break
-  first = next((i for i, text in enumerate(texts) if text == _FIRST), None)
-  last = next((i for i, text in enumerate(texts) if text == _LAST), None)
-  if first is None or last is None or last < first:
-    raise SystemExit(f"{trainer_py}: DCGANTrainer.train_epochs's loop has no {_FIRST!r} ... {_LAST!r} part; is "
-                     f"it SSuperGAN at {COMMIT}?")
-  args = ast.arguments(posonlyargs=[], args=[ast.arg(arg=name) for name in ("self", "x")], kwonlyargs=[],
-                       kw_defaults=[], defaults=[])
-  result = ast.Tuple(elts=[ast.Name(id=name, ctx=ast.Load()) for name in ("error_D", "error_G")], ctx=ast.Load())
-  fn = ast.FunctionDef(name="dcgan_trainer_iteration", args=args, body=body[first:last + 1] + [ast.Return(result)],
-                       decorator_list=[], type_params=[])
-  module = ast.fix_missing_locations(ast.Module(body=[fn], type_ignores=[]))
-  exec(compile(module, trainer_py, "exec"), namespace)  # pylint: disable=exec-used
-  return namespace["dcgan_trainer_iteration"], last + 1 - first
 
 
 def _build(base_dir: str):
@@ -145,7 +94,8 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
   repo = os.path.abspath(args.ssupergan_repo)
-  version = _check_checkout(repo, parser)
+  version = ssupergan_torch.check_checkout(repo, parser, _BLOBS, ("networks/dcgan.py", "training/dcgan_trainer.py"),
+                                           "networks/dcgan.py")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -159,8 +109,10 @@ def main():
   ptu.set_gpu_mode(False)  # dcgan_play.py calls set_gpu_mode(True); the loop moves x and labels to ptu.device.
 
   trainer = _build(base_dir)  # Initialised from networks/dcgan.py's own seed, 999, as in the playground.
-  iteration, statements = _iteration_fn(os.path.join(repo, "training", "dcgan_trainer.py"),
-                                        vars(sys.modules["training.dcgan_trainer"]))
+  # DCGANTrainer.train_epochs's batch loop (inside its epoch loop), returning both losses.
+  iteration, statements = ssupergan_torch.loop_fn(
+      os.path.join(repo, "training", "dcgan_trainer.py"), "train_epochs", _FIRST, _LAST, ("self", "x"),
+      "(error_D, error_G)", vars(sys.modules["training.dcgan_trainer"]))
   trainer.model.train()
   counts = {name: sum(p.numel() for p in net.parameters())
             for name, net in (("G", trainer.model.generator), ("D", trainer.model.discriminator))}

@@ -81,21 +81,21 @@ def _blob_id(path: str) -> str:
   return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _check_checkout(repo: str, parser) -> str:
-  """One line saying which version of the original runs; refuses a checkout after the networks refactor."""
-  missing = [p for p in ("networks/intro_vae.py", "networks/ssupervae.py", "training/vae_trainer.py")
-             if not os.path.isfile(os.path.join(repo, p))]
+def check_checkout(repo: str, parser, blobs: dict, required: tuple, deleted: str) -> str:
+  """One line saying which version of the original runs (`blobs`: path -> git blob id at COMMIT); refuses a
+  checkout without the `required` files, which the networks refactor after COMMIT deleted (`deleted` says which)."""
+  missing = [p for p in required if not os.path.isfile(os.path.join(repo, p))]
   if missing:
     parser.error(f"--ssupergan_repo {repo} has no {', '.join(missing)}: give a checkout of "
                  f"https://github.com/barisbatuhan/SSuperGAN at {COMMIT} (the networks refactor after it deleted "
-                 "intro_vae.py and ssupervae.py)")
+                 f"{deleted})")
   head = subprocess.run(["git", "-C", repo, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True)
   where = f"HEAD {head.stdout.strip()}" if head.returncode == 0 else "not a git checkout"
-  changed = [p for p, blob in _BLOBS.items()
+  changed = [p for p, blob in blobs.items()
              if not os.path.isfile(os.path.join(repo, p)) or _blob_id(os.path.join(repo, p)) != blob]
   if changed:
     return f"SSuperGAN ({where}): NOT {COMMIT}'s code, these files differ from it: {', '.join(changed)}"
-  return f"SSuperGAN ({where}): the {len(_BLOBS)} files the iteration runs are {COMMIT}'s"
+  return f"SSuperGAN ({where}): the {len(blobs)} files the iteration runs are {COMMIT}'s"
 
 
 def _module(name: str, **attrs) -> types.ModuleType:
@@ -129,28 +129,30 @@ def _stand_ins(repo: str, base_dir: str) -> dict:
   return modules
 
 
-def _iteration_fn(trainer_py: str, namespace: dict):
-  """`(self, x, y) -> out`: the statements of VAETrainer.train_vae's loop from _FIRST through _LAST, compiled
-  from the checkout's source in the vae_trainer module's namespace; returns the criterion's dict `out`."""
+def loop_fn(trainer_py: str, method: str, first: str, last: str, args: tuple, result: str, namespace: dict):
+  """`(*args) -> result` (a Python expression) made of the statements from `first` through `last` of the loop in
+  the trainer's `method` whose body holds `last`, compiled from the checkout's source in `namespace` (the trainer
+  module's); returns it with its number of statements."""
   with open(trainer_py) as f:
     source = f.read()
-  tree = ast.parse(source)
-  train_vae = next((node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
-                    and node.name == "train_vae"), None)
-  loop = next((node for node in ast.walk(train_vae) if isinstance(node, ast.For)), None) if train_vae else None
-  texts = [ast.get_source_segment(source, stmt).strip() for stmt in loop.body] if loop else []
-  first = next((i for i, text in enumerate(texts) if text == _FIRST), None)
-  last = next((i for i, text in enumerate(texts) if text == _LAST), None)
-  if first is None or last is None or last < first:
-    raise SystemExit(f"{trainer_py}: VAETrainer.train_vae's loop has no {_FIRST!r} ... {_LAST!r} part; is it "
-                     f"SSuperGAN at {COMMIT}?")
-  args = ast.arguments(posonlyargs=[], args=[ast.arg(arg=name) for name in ("self", "x", "y")], kwonlyargs=[],
-                       kw_defaults=[], defaults=[])
-  body = loop.body[first:last + 1] + [ast.Return(value=ast.Name(id="out", ctx=ast.Load()))]
-  fn = ast.FunctionDef(name="vae_trainer_iteration", args=args, body=body, decorator_list=[], type_params=[])
+  function = next((node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)
+                   and node.name == method), None)
+  loops = [node for node in ast.walk(function) if isinstance(node, ast.For)] if function else []
+  bodies = [(loop.body, [ast.get_source_segment(source, stmt).strip() for stmt in loop.body]) for loop in loops]
+  body, texts = next(((body, texts) for body, texts in bodies if last in texts), ([], []))
+  start = next((i for i, text in enumerate(texts) if text == first), None)
+  end = next((i for i, text in enumerate(texts) if text == last), None)
+  if start is None or end is None or end < start:
+    raise SystemExit(f"{trainer_py}: {method}'s loop has no {first!r} ... {last!r} part; is it SSuperGAN at "
+                     f"{COMMIT}?")
+  arguments = ast.arguments(posonlyargs=[], args=[ast.arg(arg=name) for name in args], kwonlyargs=[],
+                            kw_defaults=[], defaults=[])
+  returned = ast.Return(value=ast.parse(result, mode="eval").body)
+  fn = ast.FunctionDef(name=f"{method}_iteration", args=arguments, body=body[start:end + 1] + [returned],
+                       decorator_list=[], type_params=[])
   module = ast.fix_missing_locations(ast.Module(body=[fn], type_ignores=[]))
   exec(compile(module, trainer_py, "exec"), namespace)  # pylint: disable=exec-used
-  return namespace["vae_trainer_iteration"], last + 1 - first
+  return namespace[f"{method}_iteration"], end + 1 - start
 
 
 def _build(model: str, base_dir: str):
@@ -184,7 +186,8 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
   repo = os.path.abspath(args.ssupergan_repo)
-  version = _check_checkout(repo, parser)
+  version = check_checkout(repo, parser, _BLOBS, ("networks/intro_vae.py", "networks/ssupervae.py",
+                                                   "training/vae_trainer.py"), "intro_vae.py and ssupervae.py")
   settings = _SETTINGS[args.model]
   batch_size = args.batch_size or settings["batch_size"]
   try:
@@ -204,8 +207,9 @@ def main():
 
   torch.manual_seed(0)
   trainer = _build(args.model, base_dir)
-  iteration, statements = _iteration_fn(os.path.join(repo, "training", "vae_trainer.py"),
-                                        vars(sys.modules["training.vae_trainer"]))
+  # The criterion's dict `out` of VAETrainer.train_vae's loop.
+  iteration, statements = loop_fn(os.path.join(repo, "training", "vae_trainer.py"), "train_vae", _FIRST, _LAST,
+                                  ("self", "x", "y"), "out", vars(sys.modules["training.vae_trainer"]))
   trainer.model.train()
   num_params = sum(p.numel() for p in trainer.model.parameters())
   rng = torch.Generator().manual_seed(0)
