@@ -69,27 +69,26 @@ def main(argv=None) -> int:
   out = args.out or tempfile.mkdtemp(prefix="translation_progress_")
   indices = range(first, first + args.num)
   render = lambda seed, i, domain: synthetic.render(seed, i, size, domain)["image"]
-  _write(f"{out}/photos", [render(a.synthetic.seed, i, "photo") for i in indices])
-  paired = np.stack([render(a.synthetic.seed, i, "toon") for i in indices])
+  photos = np.stack([render(a.synthetic.seed, i, "photo") for i in indices])
+  _write(f"{out}/photos", photos)
+  paired = _to_unit(np.stack([render(a.synthetic.seed, i, "toon") for i in indices]))  # The same faces as toons.
   _write(f"{out}/toons", [render(b.synthetic.seed, i, "toon") for i in indices])
 
-  def score(name: str, folder: str, translated: np.ndarray) -> dict:
-    row = {"step": name, "paired_l1": float(np.abs(translated - _to_unit(paired)).mean())}
+  def score(name: str, folder: str, translated: np.ndarray) -> None:
+    row = {"step": name, "paired_l1": float(np.abs(translated - paired).mean())}
     if args.inception:
       result = evaluate.run(f"{out}/toons", folder, args.inception)
       row["kid_x1000"] = 1000 * result["kid_mean"]
       row["fid"] = result["fid"]
     print(json.dumps(row) if args.json else "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in row.items()), flush=True)
-    return row
 
-  photos = np.stack([np.asarray(Image.open(f"{out}/photos/{i:05d}.png")) for i in range(args.num)])
-  rows = [score("photos", f"{out}/photos", _to_unit(photos))]
+  score("photos", f"{out}/photos", _to_unit(photos))
   for step in _steps(args.workdir):
     folder = f"{out}/step{step}"
     translate.run(args.workdir, folder, images=f"{out}/photos", direction="a2b", step=step, save_raw=True)
     translated = np.stack([np.load(f"{folder}/{i:05d}.npy") for i in range(args.num)])
-    rows.append(score(str(step), folder, translated))
+    score(str(step), folder, translated)
   return 0
 
 
