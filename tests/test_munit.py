@@ -303,6 +303,6 @@ CONTRACT_FAMILIES = ("munit",)
 
 
 @pytest.mark.parametrize("name", CONTRACT_FAMILIES)
-def test_keeps_the_family_contract(name, tmp_path):
-  # The `trained` fixture's init and step: the persistent cache compiles them once for both.
-  contract.check(tiny_config(name), tmp_path)
+def test_keeps_the_family_contract(name, tmp_path, trained):
+  # The `trained` fixture's compiled init and step.
+  contract.check(tiny_config(name), tmp_path, programs=trained[1])

@@ -369,7 +369,7 @@ CONTRACT_FAMILIES = ("spade",)
 
 
 @pytest.mark.parametrize("name", CONTRACT_FAMILIES)
-def test_keeps_the_family_contract(name, tmp_path):
-  # The `run` fixture's config and programs (train.Programs, as the loop builds them): compiled once for both.
+def test_keeps_the_family_contract(name, tmp_path, programs):
+  # The `run` fixture's config, and its compiled programs (train.Programs, as the loop builds them).
   assert name == "spade"
-  contract.check(_config(), tmp_path)
+  contract.check(_config(), tmp_path, programs=programs)

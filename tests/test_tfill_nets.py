@@ -195,12 +195,13 @@ def test_decoder_matches_torch_with_noise_in_holes():
   variables = _to_flax(net, g, tokens, mask)
   got, state = _jit(functools.partial(g.apply, mutable=["intermediates"]))(variables, tokens, mask, rngs=_RNGS)
   sown = state["intermediates"]
-  noises += [_nchw(torch, sown[f"up_{i}"][f"noise_{j}"]["noise"][0]) for i in range(3) for j in range(2)]
-  with torch.no_grad():
-    want = net(_nchw(torch, tokens), _nchw(torch, mask))
+  noises += [_nchw(torch, sown[f"up_{i}"][f"noise_{j}"]["noise"][0]).double() for i in range(3) for j in range(2)]
+  with torch.no_grad():  # The original in float64: the exact result, which torch's and XLA's float32 round.
+    want = net.double()(_nchw(torch, tokens).double(), _nchw(torch, mask).double())
   assert not noises and got.shape == (2, 32, 32, 3)
-  # 1.2e-5 here: float32 rounding (torch's own float32 output is 1.4e-5 from its float64 one at these 2-channel widths).
-  _close(got, want)
+  # Measured at these 2-channel widths: torch's own float32 output is 1.4e-5 from this; ours 9.0e-6 with XLA:CPU's
+  # fusion emitters, 2.2e-5 with its loop emitters (the suite's).
+  _close(got, want, bound=5e-5)
 
 
 def test_noise_only_in_holes():

@@ -38,13 +38,18 @@ def _batch(config, group: int, seed: int):
 
 
 @pytest.fixture(scope="module")
-def trained():
-  """Three steps of the tiny preset (Face2webtoon-like; the same compiled step as the contract test's) on groups
-  1, 0, 1 from a state whose AdaILN rhos start at 1 (so an update pushes some past 1) -> the host copies of the
-  states before and after each step, and the metrics."""
+def programs():
+  """The tiny preset's programs (Face2webtoon-like), compiled once for `trained` and the contract test."""
   config = tiny_config("ugatit")
   ugatit.validate(config)
-  programs = train.Programs(config)
+  return train.Programs(config)
+
+
+@pytest.fixture(scope="module")
+def trained(programs):
+  """Three steps of the tiny preset on groups 1, 0, 1 from a state whose AdaILN rhos start at 1 (so an update
+  pushes some past 1) -> the host copies of the states before and after each step, and the metrics."""
+  config = programs.config
   state = programs.init(programs.init_key)
   state = state.replace(params={**state.params, "g": jax.tree_util.tree_map_with_path(
       lambda path, x: jnp.ones_like(x) if _is_adailn_rho(optim.path_name(path)) else x, state.params["g"])})
@@ -230,6 +235,5 @@ CONTRACT_FAMILIES = ("ugatit",)
 
 
 @pytest.mark.parametrize("name", CONTRACT_FAMILIES)
-def test_keeps_the_family_contract(name, tmp_path):
-  # The `trained` fixture's init and step: the persistent cache compiles them once for both.
-  contract.check(tiny_config(name), tmp_path)
+def test_keeps_the_family_contract(name, tmp_path, programs):
+  contract.check(tiny_config(name), tmp_path, programs=programs)
