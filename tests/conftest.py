@@ -102,23 +102,3 @@ def tensorboard_scalars(logdir: pathlib.Path) -> dict[str, dict[int, float]]:
         elif value.HasField("simple_value"):
           out.setdefault(value.tag, {})[event.step] = value.simple_value
   return out
-
-
-# The slowest test files, slowest first (seconds per file, one cold-cache `.ci/run` here): run first, so under
-# `-n 2 --dist loadfile` the run does not end on one worker with a long file while the other has finished.
-# pytest-xdist hands files out in collection order once its reordering by test count is off (pytest_configure).
-SLOWEST_FILES = ("test_train.py", "test_munit.py", "test_spade.py", "test_tfill.py", "test_tpu_aot.py",
-                 "test_app.py", "test_mixed_precision.py", "test_ssupergan.py", "test_ugatit.py", "test_fid.py",
-                 "test_platform.py", "test_convert_tfill.py")  # 233 s, 199, 177, 173, 115, 108, 108, 98, 91,
-#                                                                 89, 75, 74
-
-
-def pytest_collection_modifyitems(items):
-  """Files in SLOWEST_FILES first, in that order; the rest, and the tests within each file, as collected."""
-  rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
-def pytest_configure(config):
-  if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's, default on: files with the most tests first.
-    config.option.loadscopereorder = False
