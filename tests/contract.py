@@ -42,9 +42,9 @@ def check(config, tmp_path, programs: train.Programs | None = None) -> None:
   contract = family.CONTRACT
   assert isinstance(contract, families.Contract) and contract.task in families.TASKS
   family.validate(config)
-  if programs is not None:
-    assert programs.config == config, "programs compiled for another config"
-  programs = programs or train.Programs(config)
+  if programs is None:
+    programs = train.Programs(config)
+  assert programs.config == config, "programs compiled for another config"
   state = programs.init(programs.init_key)
   assert set(contract.optimizer_groups) <= set(state.params) and set(state.opt_state) == set(
       contract.optimizer_groups)

@@ -295,7 +295,7 @@ def test_training_matches_class_colours(run, programs, first_batch):
   before = error(programs.init(programs.init_key))
   at_20 = error(programs.replicate(rundir.restore_state(workdir, config, step=20)[0]))
   after = (at_20 + error(trained)) / 2
-  assert after < 0.75 * before, (before, at_20, after)
+  assert after < 0.7 * before, (before, at_20, after)
 
 
 def test_generate_writes_eval_mode_images_for_label_maps(run, first_batch, tmp_path):
